@@ -238,7 +238,6 @@ def _full_check(
     loss_dtype = engine.loss_dtype
     eval_dtype = _evaluation_dtype(problem)
     tol = tolerances_for(eval_dtype)
-    theta = engine.theta.astype(np.float64)
     idx = np.arange(problem.size, dtype=np.int64)
     if eps is not None:
         _check_eps_representable(problem, engine.theta, idx, eps)

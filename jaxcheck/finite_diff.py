@@ -1,24 +1,31 @@
 """The engine: the loss at many single-coordinate perturbations of θ, batched.
 
 A check needs ``J(θ')`` at points ``θ'`` that differ from θ in one coordinate.
-The checked leaves are raveled with ``jax.flatten_util.ravel_pytree`` into one
-flat vector, and every requested point is a pair (flat index, new value).
+The checked leaves (in real layout, see ``problem``) are raveled with
+``jax.flatten_util.ravel_pytree`` into one flat vector, and every requested
+point is a pair (flat index, new value).
 
-Leaves are grouped by shape and dtype. Each group gets one compiled function
-that takes a chunk of ``B`` points inside that group, builds the perturbed
-leaves under ``jax.vmap`` and evaluates the loss, with every other leaf passed
-unbatched, so XLA computes the part of the network that does not depend on the
-group once per chunk rather than once per point. The chunk size is fixed per
-group, the last chunk is padded with unperturbed points, and so one compilation
-serves every chunk of a group, in this check and in later checks of the same
-function. The padding is not wasted: every unperturbed evaluation is kept to
-measure whether ``fn`` returns the same value twice at the same point.
+Leaves are grouped, and each group gets one compiled function that takes a
+chunk of ``B`` points inside the group, builds the perturbed leaves under
+``jax.vmap`` and evaluates the loss. Leaves outside the group are passed
+unbatched, so XLA computes what does not depend on the group once per chunk
+rather than once per point. Leaves of one shape and dtype share a group, so a
+150-layer network compiles a handful of functions, not 300. A small problem is
+one group: there, dispatching fewer calls matters more than reuse.
+
+The chunk size is fixed per group and the last chunk is padded with
+unperturbed points, so one compilation serves every chunk of a group, in this
+check and in later checks of the same function (compiled executables are cached
+by problem structure and input shapes). The padding is not wasted: every
+unperturbed evaluation is kept, to measure whether ``fn`` returns the same value
+twice at the same point.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -36,17 +43,31 @@ from jaxcheck.problem import Problem, Structure
 _CPU_CHUNK_BYTES = 4 << 20
 _ACCELERATOR_CHUNK_BYTES = 256 << 20
 _MAX_BATCH = 1024
-_NULLS_PER_GROUP = 2
+# Problems up to this many coordinates are evaluated as a single group.
+_MERGE_BELOW = 4096
+NULLS_PER_GROUP = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class _Member:
+    leaf: int  # index of the checked leaf
+    start: int  # offset inside the group's flat vector
+    shape: tuple[int, ...]  # real-layout shape
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
 
 
 @dataclasses.dataclass
-class _Compiled:
-    """The compiled functions of one problem structure."""
+class _Bundle:
+    """Jitted functions of one problem structure, and their executables."""
 
     value_and_grad: Callable[..., Any]
-    groups: dict[tuple[int, ...], Callable[..., Any]] = dataclasses.field(
+    groups: dict[tuple[_Member, ...], Callable[..., Any]] = dataclasses.field(
         default_factory=dict
     )
+    executables: dict[Any, Any] = dataclasses.field(default_factory=dict)
 
 
 class _Cache:
@@ -54,21 +75,21 @@ class _Cache:
 
     def __init__(self, size: int = 32):
         self.size = size
-        self._items: collections.OrderedDict[Structure, _Compiled] = (
+        self._items: collections.OrderedDict[Structure, _Bundle] = (
             collections.OrderedDict()
         )
 
-    def get(self, structure: Structure) -> _Compiled:
+    def get(self, structure: Structure) -> _Bundle:
         if not structure.hashable:
-            return _Compiled(_make_value_and_grad(structure))
+            return _Bundle(_make_value_and_grad(structure))
         if structure in self._items:
             self._items.move_to_end(structure)
             return self._items[structure]
-        compiled = _Compiled(_make_value_and_grad(structure))
-        self._items[structure] = compiled
+        bundle = _Bundle(_make_value_and_grad(structure))
+        self._items[structure] = bundle
         while len(self._items) > self.size:
             self._items.popitem(last=False)
-        return compiled
+        return bundle
 
     def clear(self) -> None:
         self._items.clear()
@@ -87,23 +108,22 @@ def _make_value_and_grad(structure: Structure) -> Callable[..., Any]:
     return jax.jit(value_and_grad)
 
 
-def _make_group(structure: Structure, members: tuple[int, ...]) -> Callable[..., Any]:
-    """Jitted ``(stack, pos, val, others, fixed, key) -> losses`` for one group.
+def _make_group(structure: Structure, members: tuple[_Member, ...]):
+    """Jitted ``(vector, pos, val, others, fixed, key) -> losses`` for a group.
 
-    ``stack`` holds the group's leaves in real layout, stacked; ``pos`` and
-    ``val`` are the flat positions inside the stack and their new values.
-    ``others`` is the list of all checked leaves, with None at the members.
+    ``vector`` holds the group's leaves in real layout, raveled and
+    concatenated; ``pos`` and ``val`` are positions inside it and their new
+    values. ``others`` is the list of all checked leaves, None at the members.
     """
 
-    def evaluate(stack, pos, val, others, fixed, key):
-        flat = stack.reshape(-1)
-        where = jnp.arange(flat.size)
+    def evaluate(vector, pos, val, others, fixed, key):
+        where = jnp.arange(vector.size, dtype=pos.dtype)
 
         def one(p, v):
-            perturbed = jnp.where(where == p, v, flat).reshape(stack.shape)
+            perturbed = jnp.where(where == p, v, vector)
             real = list(others)
-            for j, k in enumerate(members):
-                real[k] = perturbed[j]
+            for m in members:
+                real[m.leaf] = perturbed[m.start : m.start + m.size].reshape(m.shape)
             return structure.loss_of_real(real, fixed, key)
 
         return jax.vmap(one)(pos, val)
@@ -111,19 +131,32 @@ def _make_group(structure: Structure, members: tuple[int, ...]) -> Callable[...,
     return jax.jit(evaluate)
 
 
+def _signature(tree: Any) -> tuple[Any, ...]:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return (
+        treedef,
+        tuple(
+            (np.shape(x), str(x.dtype), bool(getattr(x, "weak_type", False)))
+            if hasattr(x, "dtype")
+            else (type(x), x)
+            for x in leaves
+        ),
+    )
+
+
 @dataclasses.dataclass
 class _Group:
-    members: tuple[int, ...]  # indices of the checked leaves in the group
-    member_size: int  # real coordinates per member
-    stack: jax.Array
+    members: tuple[_Member, ...]
+    vector: jax.Array  # the members' real-layout values, concatenated
+    first: int  # flat index (in θ) of the group's first coordinate
     batch: int
-    compiled: Any = None
+    executable: Any = None
+    base: float = float("nan")  # J(θ) as this group's function computes it
 
 
 def device_memory_budget() -> int:
-    """A default memory budget in bytes for one chunk, from the default device."""
+    """A default memory budget for one chunk, in bytes, from the default device."""
     device = jax.devices()[0]
-    stats = None
     try:
         stats = device.memory_stats()
     except Exception:  # not every backend reports memory
@@ -131,8 +164,6 @@ def device_memory_budget() -> int:
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"] * 0.25)
     try:
-        import os
-
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         total = 8 << 30
@@ -145,7 +176,7 @@ class Engine:
     Args:
         problem: what is checked.
         batch_size: points per compiled call; None picks it per group from the
-            memory the loss needs and ``memory_budget``.
+            memory one evaluation needs.
         memory_budget: bytes one chunk may use at most; None derives it from the
             device.
         progress: show a progress bar (tqdm) on stderr: True, False, or None
@@ -161,73 +192,89 @@ class Engine:
         progress: bool | None = None,
     ):
         self.problem = problem
-        self.real = problem.real_leaves()
+        self.real = [jnp.asarray(r) for r in problem.real_leaves()]
         theta, _ = ravel_pytree(self.real)
         self.theta = np.asarray(theta)
         self.batch_size = batch_size
         self.memory_budget = memory_budget or device_memory_budget()
         self.progress = progress
-        self.compiled = CACHE.get(problem.structure)
+        self.bundle = CACHE.get(problem.structure)
         self.evaluations = 0
         self.compile_seconds = 0.0
         self.nulls: list[np.ndarray] = []
         self.loss_dtype = np.dtype(np.float64)
-        self._base: dict[tuple[Any, ...], float] = {}
         self._eval_bytes = 0
-        self._groups: dict[tuple[Any, ...], _Group] | None = None
-        self._leaf_group: list[tuple[tuple[Any, ...], int]] = []
+        self._groups: list[_Group] | None = None
+        self._group_of_leaf = np.zeros(len(problem.leaves), dtype=np.int64)
+
+    def _compile(self, key: Any, jitted: Callable[..., Any], args: tuple) -> Any:
+        executable = self.bundle.executables.get(key)
+        if executable is None:
+            start = time.perf_counter()
+            executable = jitted.trace(*args).lower().compile()
+            self.compile_seconds += time.perf_counter() - start
+            if self.problem.structure.hashable:
+                self.bundle.executables[key] = executable
+        return executable
 
     # -- analytic side -----------------------------------------------------
 
     def value_and_grad(self) -> tuple[float, Any, np.ndarray]:
         """Loss, aux and the flat analytic gradient (real layout) at θ."""
         p = self.problem
-        jitted = self.compiled.value_and_grad
         args = (list(p.checked), list(p.fixed), p.key)
-        start = time.perf_counter()
-        compiled = jitted.trace(*args).lower().compile()
-        self.compile_seconds += time.perf_counter() - start
-        stats = compiled.memory_analysis()
+        executable = self._compile(
+            ("value_and_grad", _signature(args)), self.bundle.value_and_grad, args
+        )
+        stats = executable.memory_analysis()
         if stats is not None:
             self._eval_bytes = int(stats.temp_size_in_bytes)
-        loss, aux, grads = compiled(*args)
+        loss, aux, grads = executable(*args)
         self.loss_dtype = np.dtype(loss.dtype)
         self.evaluations += 1
-        real = [
-            jnp.stack([g.real, -g.imag], axis=-1) if leaf.is_complex else g
-            for leaf, g in zip(p.leaves, grads, strict=True)
-        ]
-        flat, _ = ravel_pytree(real)
-        return float(loss), aux, np.asarray(flat, dtype=np.float64)
+        real = []
+        for leaf, g in zip(p.leaves, grads, strict=True):
+            g = np.asarray(g)
+            real.append(np.stack([g.real, -g.imag], axis=-1) if leaf.is_complex else g)
+        flat = np.concatenate([r.reshape(-1) for r in real]) if real else np.zeros(0)
+        return float(loss), aux, flat.astype(np.float64)
 
     # -- numerical side ----------------------------------------------------
 
     def _build_groups(self) -> None:
         p = self.problem
-        by_kind: dict[tuple[Any, ...], list[int]] = {}
+        merge = p.size <= _MERGE_BELOW
+        kinds: dict[tuple[Any, ...], list[int]] = {}
         for k, leaf in enumerate(p.leaves):
-            kind = (leaf.real_shape, str(leaf.real_dtype))
-            by_kind.setdefault(kind, []).append(k)
-        self._groups = {}
-        self._leaf_group = [None] * len(p.leaves)  # type: ignore[list-item]
-        for kind, members in by_kind.items():
-            members_t = tuple(members)
-            stack = jnp.stack([self.real[k] for k in members_t])
-            member_size = p.leaves[members_t[0]].size
-            self._groups[kind] = _Group(
-                members=members_t,
-                member_size=member_size,
-                stack=stack,
-                batch=self._choose_batch(stack, 2 * stack.size + _NULLS_PER_GROUP),
+            kind = (str(leaf.real_dtype),) + (() if merge else (leaf.real_shape,))
+            kinds.setdefault(kind, []).append(k)
+        self._groups = []
+        for leaves in kinds.values():
+            members, start = [], 0
+            for k in leaves:
+                members.append(_Member(k, start, p.leaves[k].real_shape))
+                start += p.leaves[k].size
+            parts = [
+                self.theta[p.leaves[k].offset : p.leaves[k].offset + p.leaves[k].size]
+                for k in leaves
+            ]
+            vector = np.concatenate(parts).astype(p.leaves[leaves[0]].real_dtype)
+            for k in leaves:
+                self._group_of_leaf[k] = len(self._groups)
+            self._groups.append(
+                _Group(
+                    members=tuple(members),
+                    vector=jnp.asarray(vector),
+                    first=p.leaves[leaves[0]].offset,
+                    batch=self._choose_batch(vector, 2 * start + NULLS_PER_GROUP),
+                )
             )
-            for rank, k in enumerate(members_t):
-                self._leaf_group[k] = (kind, rank)
 
-    def _choose_batch(self, stack: jax.Array, points: int) -> int:
+    def _choose_batch(self, vector: np.ndarray, points: int) -> int:
         """Points per chunk for a group: a power of two, fixed for the group."""
         if self.batch_size is not None:
             return int(self.batch_size)
-        per_point = stack.size * stack.dtype.itemsize + self._eval_bytes
+        per_point = vector.nbytes + self._eval_bytes
         on_cpu = jax.devices()[0].platform == "cpu"
         target = _CPU_CHUNK_BYTES if on_cpu else _ACCELERATOR_CHUNK_BYTES
         target = min(target, self.memory_budget)
@@ -235,31 +282,15 @@ class Engine:
         batch = min(batch, _MAX_BATCH, 1 << (points - 1).bit_length())
         return 1 << (int(batch).bit_length() - 1)
 
-    def _group_fn(self, kind: tuple[Any, ...]) -> Any:
-        group = self._groups[kind]
-        if group.compiled is None:
-            fns = self.compiled.groups
-            if group.members not in fns:
-                fns[group.members] = _make_group(self.problem.structure, group.members)
-            args = self._group_args(group, np.zeros(group.batch, np.int64))
-            start = time.perf_counter()
-            group.compiled = fns[group.members].lower(*args).compile()
-            self.compile_seconds += time.perf_counter() - start
-        return group.compiled
-
-    def _group_args(self, group: _Group, pos: np.ndarray, val: Any = None):
-        if val is None:
-            val = np.asarray(group.stack.reshape(-1)[0]).repeat(len(pos))
-        others = [None if k in group.members else r for k, r in enumerate(self.real)]
-        p = self.problem
-        return (
-            group.stack,
-            jnp.asarray(pos, dtype=jnp.int32),
-            jnp.asarray(val, dtype=group.stack.dtype),
-            others,
-            list(p.fixed),
-            p.key,
-        )
+    def _executable(self, group: _Group, args: tuple) -> Any:
+        if group.executable is None:
+            jitted = self.bundle.groups.get(group.members)
+            if jitted is None:
+                jitted = _make_group(self.problem.structure, group.members)
+                self.bundle.groups[group.members] = jitted
+            key = ("group", group.members, _signature(args))
+            group.executable = self._compile(key, jitted, args)
+        return group.executable
 
     def evaluate(self, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
         """The loss at θ with ``θ[flat_index[j]] = values[j]``, for every ``j``."""
@@ -273,60 +304,62 @@ class Engine:
 
         offsets = self.problem.offsets
         leaf_of = np.searchsorted(offsets, flat_index, side="right") - 1
+        group_of = self._group_of_leaf[leaf_of]
         plan = []
-        for kind, group in self._groups.items():
-            mine = np.flatnonzero(np.isin(leaf_of, group.members))
-            if not len(mine):
-                continue
-            ranks = np.array([self._leaf_group[k][1] for k in leaf_of[mine]])
-            pos = ranks * group.member_size + (
-                flat_index[mine] - offsets[leaf_of[mine]]
-            )
-            plan.append((kind, group, mine, pos))
+        for gi, group in enumerate(self._groups):
+            mine = np.flatnonzero(group_of == gi)
+            if len(mine):
+                starts = np.zeros(len(self.problem.leaves), dtype=np.int64)
+                for m in group.members:
+                    starts[m.leaf] = m.start
+                within = flat_index[mine] - offsets[leaf_of[mine]]
+                plan.append((group, mine, starts[leaf_of[mine]] + within))
 
         total = sum(
-            _padded(len(mine) + _NULLS_PER_GROUP, g.batch) for _, g, mine, _ in plan
+            _padded(len(mine) + NULLS_PER_GROUP, g.batch) for g, mine, _ in plan
         )
         bar = self._progress_bar(total)
         try:
-            for kind, group, mine, pos in plan:
-                out[mine] = self._run_group(kind, group, pos, values[mine], bar)
+            for group, mine, pos in plan:
+                out[mine] = self._run_group(group, pos, values[mine], bar)
         finally:
             if bar is not None:
                 bar.close()
         return out
 
-    def _run_group(self, kind, group: _Group, pos, val, bar) -> np.ndarray:
-        fn = self._group_fn(kind)
+    def _run_group(self, group: _Group, pos, val, bar) -> np.ndarray:
+        p = self.problem
         n = len(pos)
-        padded = _padded(n + _NULLS_PER_GROUP, group.batch)
-        null_value = np.asarray(group.stack.reshape(-1)[0])
-        all_pos = np.zeros(padded, dtype=np.int64)
-        all_val = np.full(padded, null_value, dtype=null_value.dtype)
+        padded = _padded(n + NULLS_PER_GROUP, group.batch)
+        vector = np.asarray(group.vector)
+        all_pos = np.zeros(padded, dtype=np.int32)
+        all_val = np.full(padded, vector[0], dtype=vector.dtype)
         all_pos[:n] = pos
-        all_val[:n] = val.astype(null_value.dtype)
+        all_val[:n] = val.astype(vector.dtype)
 
-        _, _, others, fixed, key = self._group_args(group, all_pos[:1])[1:]
+        others = [None] * len(self.real)
+        in_group = {m.leaf for m in group.members}
+        for k, r in enumerate(self.real):
+            if k not in in_group:
+                others[k] = r
+        fixed = list(p.fixed)
+        b = group.batch
+        args = (group.vector, all_pos[:b], all_val[:b], others, fixed, p.key)
+        run = self._executable(group, args)
+
         results = []
-        for start in range(0, padded, group.batch):
-            stop = start + group.batch
+        for start in range(0, padded, b):
+            stop = start + b
             results.append(
-                fn(
-                    group.stack,
-                    jnp.asarray(all_pos[start:stop], dtype=jnp.int32),
-                    jnp.asarray(all_val[start:stop]),
-                    others,
-                    fixed,
-                    key,
-                )
+                run(group.vector, all_pos[start:stop], all_val[start:stop], *args[3:])
             )
             if bar is not None:
                 results[-1].block_until_ready()
-                bar.update(group.batch)
+                bar.update(b)
         losses = np.concatenate([np.asarray(r, dtype=np.float64) for r in results])
         self.evaluations += padded
         self.nulls.append(losses[n:])
-        self._base[kind] = float(losses[n])
+        group.base = float(losses[n])
         return losses[:n]
 
     def base_values(self, flat_index: np.ndarray) -> np.ndarray:
@@ -336,14 +369,13 @@ class Engine:
         gradient pass, so that both terms share their rounding.
         """
         leaf_of = np.searchsorted(self.problem.offsets, flat_index, side="right") - 1
-        kinds = [self._leaf_group[k][0] for k in range(len(self.problem.leaves))]
-        per_leaf = np.array([self._base.get(kind, np.nan) for kind in kinds])
-        return per_leaf[leaf_of]
+        base = np.array([g.base for g in self._groups])
+        return base[self._group_of_leaf[leaf_of]]
 
     def _progress_bar(self, total: int):
         show = self.progress
         if show is None:
-            show = sys.stderr.isatty() and total >= 20_000
+            show = sys.stderr.isatty() and total >= 200_000
         if not show:
             return None
         from tqdm.auto import tqdm

@@ -20,6 +20,7 @@ parts, so that both are perturbed separately.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -93,6 +94,14 @@ def _target_dtype(dtype: np.dtype, measure: np.dtype | None) -> np.dtype:
     if jnp.issubdtype(dtype, jnp.complexfloating):
         return np.dtype(jnp.result_type(measure, jnp.complex64))
     return np.dtype(measure)
+
+
+def _cast(x: Any, dtype: np.dtype) -> jax.Array:
+    """``x`` as a device array of ``dtype``; a new array, the caller's is kept."""
+    if x.dtype == dtype:
+        return jnp.asarray(x)
+    # Converting on the host avoids compiling a conversion per leaf shape.
+    return jnp.asarray(np.asarray(x).astype(dtype))
 
 
 def _describe(x: Any) -> str:
@@ -232,11 +241,13 @@ class Problem:
     key: Any
     size: int  # number of real coordinates
 
-    def real_leaves(self) -> list[jax.Array]:
-        return [
-            jnp.stack([c.real, c.imag], axis=-1) if leaf.is_complex else c
-            for leaf, c in zip(self.leaves, self.checked, strict=True)
-        ]
+    def real_leaves(self) -> list[np.ndarray]:
+        """The checked leaves in real layout, on the host."""
+        out = []
+        for leaf, c in zip(self.leaves, self.checked, strict=True):
+            c = np.asarray(c)
+            out.append(np.stack([c.real, c.imag], axis=-1) if leaf.is_complex else c)
+        return out
 
     def locate(self, flat: int) -> tuple[Leaf, tuple[int, ...], str | None]:
         """The leaf, the index in it, and the part of a flat coordinate."""
@@ -245,7 +256,7 @@ class Problem:
         index, part = leaf.locate(flat - leaf.offset)
         return leaf, index, part
 
-    @property
+    @functools.cached_property
     def offsets(self) -> np.ndarray:
         return np.array([leaf.offset for leaf in self.leaves], dtype=np.int64)
 
@@ -281,7 +292,8 @@ def normalize_argnums(argnums: int | Sequence[int], n_args: int) -> tuple[int, .
         isinstance(a, int) and not isinstance(a, bool) for a in items
     ):
         raise TypeError(
-            f"argnums must be an int or a non-empty tuple of ints; received {argnums!r}."
+            "argnums must be an int or a non-empty tuple of ints; received "
+            f"{argnums!r}."
         )
     for a in items:
         if not 0 <= a < n_args:
@@ -334,9 +346,9 @@ def build(
         in_target = path[0].idx in positions
         shown = jtu.keystr(path if len(positions) > 1 else path[1:])
         if in_target and _is_inexact(x):
-            x = jnp.asarray(x)
+            x = x if _is_array(x) else jnp.asarray(x)
             dtype = _target_dtype(x.dtype, measure_dtype)
-            value = x.astype(dtype)
+            value = _cast(x, dtype)
             leaf = Leaf(
                 path=shown,
                 shape=tuple(x.shape),
@@ -356,7 +368,7 @@ def build(
             skipped.append(Skipped(shown, _describe(x)))
         if _is_array(x):
             if measure_dtype is not None and _is_inexact(x):
-                x = jnp.asarray(x).astype(_target_dtype(x.dtype, measure_dtype))
+                x = _cast(x, _target_dtype(x.dtype, measure_dtype))
             roles.append(FIXED)
             statics.append(None)
             fixed.append(x)

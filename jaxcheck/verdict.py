@@ -231,12 +231,3 @@ def describe(g: np.ndarray, c: np.ndarray, shape: tuple[int, ...] | None) -> str
     if 0 < off.sum() <= 3:
         return f"{int(off.sum())} of {len(g)} entries disagree"
     return ""
-
-
-def leaf_verdict_for_values(value: float, tol: Tolerances) -> Verdict:
-    """The classic reading of a relative error on its own."""
-    if value <= tol.correct:
-        return Verdict.CORRECT
-    if value <= tol.wrong:
-        return Verdict.SUSPECT
-    return Verdict.WRONG
