@@ -1,5 +1,8 @@
 """jaxcheck: is my JAX gradient right, and is it healthy?"""
 
+from jaxcheck import init as init
+from jaxcheck import models as models
+from jaxcheck import nn as nn
 from jaxcheck.check import assert_grads as assert_grads
 from jaxcheck.check import check_grads as check_grads
 from jaxcheck.report import Coordinate as Coordinate
@@ -18,4 +21,7 @@ __all__ = [
     "Verdict",
     "assert_grads",
     "check_grads",
+    "init",
+    "models",
+    "nn",
 ]
