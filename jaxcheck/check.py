@@ -79,13 +79,35 @@ def _precision_scope(measure: np.dtype | None):
     return contextlib.nullcontext()
 
 
+def relative_step(param_dtype: Any, loss_dtype: Any) -> float:
+    """The default relative step for a coordinate of ``param_dtype``.
+
+    A centered difference has truncation error ~h² and round-off error ~u/h,
+    balanced at ``h ~ ∛u`` with u the precision of the *loss*. The step must
+    also move the parameter by several of its own units in the last place, so
+    that θ ± h is not rounded away when the parameter is narrower than the loss
+    (bfloat16 weights feeding a float32 loss).
+    """
+    return max(
+        float(np.cbrt(np.finfo(loss_dtype).eps)), 4 * float(np.finfo(param_dtype).eps)
+    )
+
+
 def _steps(
-    problem: Problem, theta: np.ndarray, idx: np.ndarray, eps: float | None, scale=1.0
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """``θᵢ + h`` and ``θᵢ − h`` in each leaf's dtype, and the base step."""
+    problem: Problem,
+    theta: np.ndarray,
+    idx: np.ndarray,
+    eps: float | None,
+    loss_dtype: Any,
+    scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``θᵢ + h`` and ``θᵢ − h``, representable in each leaf's dtype.
+
+    The step is shrunk until both sides are exact in the leaf's dtype, so the
+    difference stays centered even for coarse dtypes.
+    """
     plus = np.empty(len(idx), dtype=np.float64)
     minus = np.empty(len(idx), dtype=np.float64)
-    base = 0.0
     leaf_of = np.searchsorted(problem.offsets, idx, side="right") - 1
     for k, leaf in enumerate(problem.leaves):
         mine = leaf_of == k
@@ -94,19 +116,23 @@ def _steps(
         dt = leaf.real_dtype
         x = theta[idx[mine]].astype(np.float64)
         if eps is None:
-            base = float(np.cbrt(np.finfo(dt).eps))
-            h = base * np.maximum(np.abs(x), 1.0)
+            h = relative_step(dt, loss_dtype) * np.maximum(np.abs(x), 1.0)
         else:
-            base = float(eps)
             h = np.full_like(x, eps)
         h = h * scale
-        plus[mine] = (x + h).astype(dt).astype(np.float64)
-        minus[mine] = (x - h).astype(dt).astype(np.float64)
-    return plus, minus, base
+        for _ in range(3):
+            up = (x + h).astype(dt).astype(np.float64)
+            down = (x - h).astype(dt).astype(np.float64)
+            symmetric = np.minimum(up - x, x - down)
+            if np.all(symmetric == h):
+                break
+            h = np.where(symmetric > 0, symmetric, h)
+        plus[mine], minus[mine] = up, down
+    return plus, minus
 
 
-def _noise(problem: Problem, loss_dtype: np.dtype, f: np.ndarray) -> np.ndarray:
-    return np.finfo(loss_dtype).eps * np.abs(f)
+def _unit_roundoff(dtype: Any) -> float:
+    return float(np.finfo(dtype).eps) / 2
 
 
 def _nonfinite_message(problem: Problem, g: np.ndarray) -> str:
@@ -236,8 +262,11 @@ def _full_check(
             "before comparing it with finite differences."
         )
     loss_dtype = engine.loss_dtype
-    eval_dtype = _evaluation_dtype(problem)
-    tol = tolerances_for(eval_dtype)
+    eval_dtype = _evaluation_dtype(problem, loss_dtype)
+    leaf_tols = [
+        tolerances_for(min(leaf.real_dtype, loss_dtype, key=_bits))
+        for leaf in problem.leaves
+    ]
     idx = np.arange(problem.size, dtype=np.int64)
     if eps is not None:
         _check_eps_representable(problem, engine.theta, idx, eps)
@@ -251,7 +280,9 @@ def _full_check(
     status = np.full(problem.size, vd.AGREES, dtype=np.int8)
     numerical = first.central.copy()
     noise = first.sigma.copy()
-    candidates = np.flatnonzero(vd.screen(first, g, tol))
+    rtol = _per_coordinate(problem, [t.correct for t in leaf_tols])
+    disagrees, kinky = vd.screen(first, g, rtol, _leaf_scale(problem, g))
+    candidates = np.flatnonzero(disagrees | kinky)
     if len(candidates):
         second = _with_spread(
             _evidence(
@@ -259,7 +290,14 @@ def _full_check(
             ),
             spread,
         )
-        s, n, z = vd.confirm(first.take(candidates), second, g[candidates], tol)
+        s, n, z = vd.confirm(
+            first.take(candidates), second, g[candidates], rtol[candidates]
+        )
+        # An agreeing coordinate looked at again only changes if it is a kink.
+        recheck = kinky[candidates] & (s != vd.KINK)
+        s[recheck] = vd.AGREES
+        n[recheck] = first.central[candidates][recheck]
+        z[recheck] = first.sigma[candidates][recheck]
         status[candidates], numerical[candidates], noise[candidates] = s, n, z
 
     notes = []
@@ -279,7 +317,7 @@ def _full_check(
         noise,
         status,
         first,
-        tol,
+        leaf_tols,
         loss,
         spread,
         notes,
@@ -291,14 +329,36 @@ def _full_check(
     )
 
 
-def _evaluation_dtype(problem: Problem) -> np.dtype:
-    """The narrowest dtype among checked leaves: it bounds the precision."""
-    dtypes = [leaf.real_dtype for leaf in problem.leaves]
-    return min(dtypes, key=lambda d: np.finfo(d).bits)
+def _per_coordinate(problem: Problem, values: list[float]) -> np.ndarray:
+    """A per-leaf value spread over the leaf's coordinates."""
+    sizes = [leaf.size for leaf in problem.leaves]
+    return np.repeat(np.asarray(values, dtype=np.float64), sizes)
+
+
+def _leaf_scale(problem: Problem, g: np.ndarray) -> np.ndarray:
+    """The RMS of the analytic gradient in each coordinate's leaf."""
+    rms = [
+        float(np.sqrt(np.mean(np.square(g[leaf.offset : leaf.offset + leaf.size]))))
+        if leaf.size
+        else 0.0
+        for leaf in problem.leaves
+    ]
+    return _per_coordinate(problem, rms)
+
+
+def _bits(dtype: np.dtype) -> int:
+    return np.finfo(dtype).bits
+
+
+def _evaluation_dtype(problem: Problem, loss_dtype: np.dtype) -> np.dtype:
+    """The dtype that bounds the check's precision: the narrower of the loss
+    and the widest checked leaf."""
+    widest = max((leaf.real_dtype for leaf in problem.leaves), key=_bits)
+    return min(widest, np.dtype(loss_dtype), key=_bits)
 
 
 def _check_eps_representable(problem, theta, idx, eps) -> None:
-    plus, minus, _ = _steps(problem, theta.astype(np.float64), idx, eps)
+    plus, minus = _steps(problem, theta.astype(np.float64), idx, eps, np.float64)
     same = plus == minus
     if same.any():
         i = int(idx[np.flatnonzero(same)[0]])
@@ -312,20 +372,21 @@ def _check_eps_representable(problem, theta, idx, eps) -> None:
 
 def _evidence(problem, engine, idx, eps, loss, loss_dtype, scale) -> vd.Evidence:
     theta = engine.theta.astype(np.float64)
-    plus, minus, _ = _steps(problem, theta, idx, eps, scale)
+    plus, minus = _steps(problem, theta, idx, eps, loss_dtype, scale)
     both = np.concatenate([idx, idx])
     values = engine.evaluate(both, np.concatenate([plus, minus]))
     n = len(idx)
     f_plus, f_minus = values[:n], values[n:]
     f_base = engine.base_values(idx)
-    delta = _noise(problem, loss_dtype, np.maximum(np.abs(f_plus), np.abs(f_minus)))
+    u = _unit_roundoff(loss_dtype)
+    delta = u * np.maximum(np.abs(f_plus), np.abs(f_minus))
     return vd.Evidence(
         up=plus - theta[idx],
         down=theta[idx] - minus,
         f_plus=f_plus,
         f_minus=f_minus,
         f_base=f_base,
-        delta_f=np.maximum(delta, np.finfo(loss_dtype).eps * abs(loss)),
+        delta_f=np.maximum(delta, u * abs(loss)),
     )
 
 
@@ -343,7 +404,7 @@ def _assemble(
     noise: np.ndarray,
     status: np.ndarray,
     first: vd.Evidence,
-    tol,
+    leaf_tols: list,
     loss: float,
     spread: float,
     notes: list[str],
@@ -354,7 +415,7 @@ def _assemble(
     eval_dtype: np.dtype,
 ) -> GradCheckReport:
     leaves = []
-    for leaf in problem.leaves:
+    for leaf, tol in zip(problem.leaves, leaf_tols, strict=True):
         sl = slice(leaf.offset, leaf.offset + leaf.size)
         j = vd.judge_leaf(
             g[sl], numerical[sl], noise[sl], status[sl], tol, leaf.real_shape
@@ -389,7 +450,8 @@ def _assemble(
     if unresolved:
         notes.append(_unresolved_advice(unresolved, eval_dtype))
 
-    _, _, base = _steps(problem, engine.theta.astype(np.float64), np.zeros(1, int), eps)
+    narrowest = min((leaf.real_dtype for leaf in problem.leaves), key=_bits)
+    base = relative_step(narrowest, engine.loss_dtype) if eps is None else float(eps)
     return GradCheckReport(
         verdict=verdict,
         passed=verdict.passed,
@@ -409,7 +471,7 @@ def _assemble(
         loss=loss,
         nondeterminism=spread,
         notes=tuple(notes),
-        tolerances=tol,
+        tolerances=tolerances_for(eval_dtype),
     )
 
 

@@ -35,12 +35,18 @@ from jaxcheck.report import Tolerances, Verdict
 AGREES, DISAGREES, KINK, UNRESOLVED = 0, 1, 2, 3
 
 # A difference is significant beyond this many noise standard deviations.
-SIGNIFICANCE = 8.0
+SIGNIFICANCE = 6.0
 # The step used to confirm a candidate, as a fraction of the first step.
 REFINE = 0.25
 # A smooth function's one-sided gap shrinks like the step (by 4 for REFINE);
 # a kink's does not. Gaps that shrink by less than this factor mean a kink.
 KINK_SHRINK = 2.5
+# One-sided differences of agreeing coordinates that differ by more than this
+# fraction of the gradient's scale are looked at again, in case of a kink.
+KINK_SCREEN = 0.05
+# A leaf whose unresolved coordinates outnumber its confirmed disagreements
+# by this factor is judged too noisy rather than wrong.
+NOISY_LEAF = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,16 +94,36 @@ class Evidence:
         )
 
 
-def tolerance(ev: Evidence, g: np.ndarray, tol: Tolerances) -> np.ndarray:
-    """How far the centered difference may be from ``g`` without suspicion."""
+def tolerance(ev: Evidence, g: np.ndarray, rtol: np.ndarray) -> np.ndarray:
+    """How far the centered difference may be from ``g`` without suspicion.
+
+    ``rtol`` is the relative error a correct gradient reaches in the dtype of
+    each coordinate (``Tolerances.correct``).
+    """
     c = ev.central
-    return SIGNIFICANCE * ev.sigma + tol.correct * (np.abs(g) + np.abs(c))
+    return SIGNIFICANCE * ev.sigma + rtol * (np.abs(g) + np.abs(c))
 
 
-def screen(ev: Evidence, g: np.ndarray, tol: Tolerances) -> np.ndarray:
-    """Mask of the coordinates whose first difference needs a second look."""
+def screen(
+    ev: Evidence, g: np.ndarray, rtol: np.ndarray, leaf_scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates that need a second look: (disagreeing, possible kinks).
+
+    A coordinate disagrees when its centered difference is outside
+    ``tolerance``. It may cross a kink, even though it agrees, when its one-sided
+    differences differ by more than ``KINK_SCREEN`` of the gradient's scale in
+    its leaf: a smooth loss would need a huge curvature for that at this step.
+    """
     error = np.abs(ev.central - g)
-    return ~(error <= tolerance(ev, g, tol))  # NaN counts as a candidate
+    disagrees = ~(error <= tolerance(ev, g, rtol))  # NaN counts as disagreeing
+    gap = np.abs(ev.right - ev.left)
+    scale = np.abs(ev.right) + np.abs(ev.left) + leaf_scale
+    kinky = (
+        ~disagrees
+        & (gap > KINK_SCREEN * scale)
+        & (gap > SIGNIFICANCE * ev.sigma_one_sided)
+    )
+    return disagrees, kinky
 
 
 def _between(g, a, b, slack):
@@ -106,7 +132,7 @@ def _between(g, a, b, slack):
 
 
 def confirm(
-    first: Evidence, second: Evidence, g: np.ndarray, tol: Tolerances
+    first: Evidence, second: Evidence, g: np.ndarray, rtol: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Status, best numerical value and noise of candidates seen at two steps."""
     c1, c2 = first.central, second.central
@@ -115,15 +141,14 @@ def confirm(
     noise = np.maximum(second.sigma, np.abs(c1 - c2) / SIGNIFICANCE)
 
     finite = first.finite & second.finite
-    agrees = finite & (np.abs(c2 - g) <= tolerance(second, g, tol))
+    agrees = finite & (np.abs(c2 - g) <= tolerance(second, g, rtol))
 
-    slack1 = SIGNIFICANCE * first.sigma_one_sided + tol.correct * np.abs(g)
-    slack2 = SIGNIFICANCE * second.sigma_one_sided + tol.correct * np.abs(g)
+    slack1 = SIGNIFICANCE * first.sigma_one_sided + rtol * np.abs(g)
+    slack2 = SIGNIFICANCE * second.sigma_one_sided + rtol * np.abs(g)
     gap1 = np.abs(first.right - first.left)
     gap2 = np.abs(second.right - second.left)
     kink = (
         finite
-        & ~agrees
         & _between(g, first.left, first.right, slack1)
         & _between(g, second.left, second.right, slack2)
         & (gap2 > SIGNIFICANCE * second.sigma_one_sided)
@@ -133,10 +158,11 @@ def confirm(
     disagrees = finite & ~agrees & ~kink & stable
 
     status[agrees] = AGREES
-    status[kink] = KINK
     status[disagrees] = DISAGREES
+    status[kink] = KINK
     numerical[kink] = c1[kink]
-    noise[agrees | disagrees] = second.sigma[agrees | disagrees]
+    settled = (agrees | disagrees) & ~kink
+    noise[settled] = second.sigma[settled]
     return status, numerical, noise
 
 

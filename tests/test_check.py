@@ -20,8 +20,10 @@ def test_correct_gradients_pass(name):
     assert report.passed, str(report)
     assert report.verdict in (jc.Verdict.CORRECT, jc.Verdict.KINKS)
     assert report.relative_error < 1e-7
-    assert report.checked == report.size == sum(
-        np.size(x) for x in jax.tree_util.tree_leaves(case.params)
+    assert (
+        report.checked
+        == report.size
+        == sum(np.size(x) for x in jax.tree_util.tree_leaves(case.params))
     )
     assert all(leaf.verdict.passed for leaf in report.leaves)
 
@@ -135,9 +137,8 @@ def test_callers_config_and_params_are_untouched():
     assert report.dtype == "float64"
     assert set(report.given_dtypes) == {"float32"}
     assert not jax.config.jax_enable_x64
-    for a, b in zip(
-        jax.tree_util.tree_leaves(case.params), jax.tree_util.tree_leaves(before)
-    ):
+    leaves = jax.tree_util.tree_leaves(case.params)
+    for a, b in zip(leaves, jax.tree_util.tree_leaves(before), strict=True):
         assert a.dtype == jnp.float32
         np.testing.assert_array_equal(np.asarray(a), b)
     assert jnp.zeros(1).dtype == jnp.float32

@@ -219,7 +219,9 @@ def sign_flip() -> Broken:
         return g
 
     return Broken(
-        Case(corrupt_gradient(base.fn, corrupt), base.params, base.args), "[1]['b']", None
+        Case(corrupt_gradient(base.fn, corrupt), base.params, base.args),
+        "[1]['b']",
+        None,
     )
 
 
@@ -231,7 +233,11 @@ def one_entry() -> Broken:
         g[0]["w"] = g[0]["w"].at[3, 7].add(0.05 * jnp.max(jnp.abs(g[0]["w"])))
         return g
 
-    return Broken(Case(corrupt_gradient(base.fn, corrupt), base.params, base.args), "[0]['w']", (3, 7))
+    return Broken(
+        Case(corrupt_gradient(base.fn, corrupt), base.params, base.args),
+        "[0]['w']",
+        (3, 7),
+    )
 
 
 def transposed() -> Broken:
@@ -255,7 +261,11 @@ def dropped_bias() -> Broken:
         g[0]["b"] = jnp.zeros_like(g[0]["b"])
         return g
 
-    return Broken(Case(corrupt_gradient(base.fn, corrupt), base.params, base.args), "[0]['b']", None)
+    return Broken(
+        Case(corrupt_gradient(base.fn, corrupt), base.params, base.args),
+        "[0]['b']",
+        None,
+    )
 
 
 def scaled_five_percent() -> Broken:
@@ -264,7 +274,9 @@ def scaled_five_percent() -> Broken:
     def corrupt(g):
         return jax.tree_util.tree_map(lambda x: 1.05 * x, g)
 
-    return Broken(Case(corrupt_gradient(base.fn, corrupt), base.params, base.args), None, None)
+    return Broken(
+        Case(corrupt_gradient(base.fn, corrupt), base.params, base.args), None, None
+    )
 
 
 def dropout_wrong_mask() -> Broken:
