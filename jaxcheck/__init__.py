@@ -1,5 +1,6 @@
 """jaxcheck: is my JAX gradient right, and is it healthy?"""
 
+from jaxcheck import flow as flow
 from jaxcheck import init as init
 from jaxcheck import models as models
 from jaxcheck import nn as nn
@@ -21,6 +22,7 @@ __all__ = [
     "Verdict",
     "assert_grads",
     "check_grads",
+    "flow",
     "init",
     "models",
     "nn",
