@@ -168,7 +168,7 @@ def test_mlp_matches_a_hand_written_forward_pass():
 
 
 def test_mlp_dropout_is_deterministic_given_the_key():
-    params = init.mlp_params(jax.random.key(0), [3, 64, 2])
+    params = init.mlp_params(jax.random.key(0), [3, 16, 2])
     x = jnp.ones((4, 3))
     key = jax.random.key(1)
     a = nn.mlp(params, x, dropout_rate=0.5, key=key)
