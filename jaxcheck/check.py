@@ -1,11 +1,14 @@
-"""``check_grads`` and ``assert_grads``: what is checked, at which steps, and how.
+"""``check_grads`` and ``assert_grads``: what is checked, how, and the report.
 
-A check runs in three passes, all of them compiled:
+A check runs in passes, all of them compiled:
 
 1. the loss and its analytic gradient at θ (``jax.value_and_grad``);
-2. the loss at θ ± hᵢeᵢ for every checked coordinate (the engine, batched);
-3. the loss at θ ± (hᵢ/4)eᵢ for the few coordinates whose first difference
-   disagrees, to tell a wrong gradient from noise, truncation and kinks.
+2. probes: centered differences along coordinates (``full`` and ``sample``
+   modes) or random directions (``directional``), batched by the engine;
+3. a second look at h/4 for the few probes that disagree, to tell a wrong
+   gradient from noise, truncation and kinks;
+4. in directional mode, bisection inside a leaf whose directions disagree,
+   down to single coordinates.
 
 By default everything runs in float64 inside a scoped ``jax.enable_x64``, so
 the caller's configuration and arrays are left as they were.
@@ -22,25 +25,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcheck import probes as pb
 from jaxcheck import verdict as vd
 from jaxcheck.finite_diff import Engine
 from jaxcheck.problem import Problem, build
 from jaxcheck.report import (
     Coordinate,
+    Direction,
     GradCheckError,
     GradCheckReport,
     LeafReport,
+    Tolerances,
     Verdict,
     tolerances_for,
 )
 
-MODES = ("full",)
+MODES = ("auto", "full", "sample", "directional")
 _WORST = 10
 _KINKS_LISTED = 100
+_DIRECTIONS_LISTED = 20
 # Repeated evaluations at θ may differ by a few rounding errors between
 # differently compiled functions; this many units of roundoff are not
 # reported as non-determinism.
 _REPEAT_ROUNDOFF = 1e3
+DEFAULT_MAX_EVALUATIONS = 200_000
+DEFAULT_SAMPLES = 2048
+DEFAULT_DIRECTIONS = 4
+DEFAULT_TIME_BUDGET = 60.0
 
 
 def _measure_dtype(dtype: Any) -> np.dtype | None:
@@ -61,15 +72,32 @@ def _measure_dtype(dtype: Any) -> np.dtype | None:
     return d
 
 
-def _validate_eps(eps: float | None) -> None:
-    if eps is None:
-        return
-    if not isinstance(eps, int | float | np.floating) or isinstance(eps, bool):
-        raise TypeError(f"eps must be a positive float or None; received {eps!r}.")
-    if not (np.isfinite(eps) and eps > 0):
+def _validate(
+    mode, eps, nondet_tol, samples, directions, max_evaluations, time_budget
+) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; received {mode!r}.")
+    if eps is not None:
+        if not isinstance(eps, int | float | np.floating) or isinstance(eps, bool):
+            raise TypeError(f"eps must be a positive float or None; received {eps!r}.")
+        if not (np.isfinite(eps) and eps > 0):
+            raise ValueError(
+                f"eps must be a positive, finite step; received eps={eps!r}. Leave "
+                "it as None to let jaxcheck choose a step for each coordinate."
+            )
+    if not nondet_tol >= 0:
+        raise ValueError(f"nondet_tol must be >= 0; received {nondet_tol!r}.")
+    for name, value in (
+        ("samples", 1 if samples is None else samples),
+        ("directions", directions),
+        ("max_evaluations", max_evaluations),
+    ):
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; received {value!r}.")
+    if time_budget is not None and not time_budget > 0:
         raise ValueError(
-            f"eps must be a positive, finite step; received eps={eps!r}. Leave it "
-            "as None to let jaxcheck choose a step for each coordinate."
+            f"time_budget must be a positive number of seconds or None; received "
+            f"{time_budget!r}."
         )
 
 
@@ -79,72 +107,8 @@ def _precision_scope(measure: np.dtype | None):
     return contextlib.nullcontext()
 
 
-def relative_step(param_dtype: Any, loss_dtype: Any) -> float:
-    """The default relative step for a coordinate of ``param_dtype``.
-
-    A centered difference has truncation error ~h² and round-off error ~u/h,
-    balanced at ``h ~ ∛u`` with u the precision of the *loss*. The step must
-    also move the parameter by several of its own units in the last place, so
-    that θ ± h is not rounded away when the parameter is narrower than the loss
-    (bfloat16 weights feeding a float32 loss).
-    """
-    return max(
-        float(np.cbrt(np.finfo(loss_dtype).eps)), 4 * float(np.finfo(param_dtype).eps)
-    )
-
-
-def _steps(
-    problem: Problem,
-    theta: np.ndarray,
-    idx: np.ndarray,
-    eps: float | None,
-    loss_dtype: Any,
-    scale: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``θᵢ + h`` and ``θᵢ − h``, representable in each leaf's dtype.
-
-    The step is shrunk until both sides are exact in the leaf's dtype, so the
-    difference stays centered even for coarse dtypes.
-    """
-    plus = np.empty(len(idx), dtype=np.float64)
-    minus = np.empty(len(idx), dtype=np.float64)
-    leaf_of = np.searchsorted(problem.offsets, idx, side="right") - 1
-    for k, leaf in enumerate(problem.leaves):
-        mine = leaf_of == k
-        if not mine.any():
-            continue
-        dt = leaf.real_dtype
-        x = theta[idx[mine]].astype(np.float64)
-        if eps is None:
-            h = relative_step(dt, loss_dtype) * np.maximum(np.abs(x), 1.0)
-        else:
-            h = np.full_like(x, eps)
-        h = h * scale
-        for _ in range(3):
-            up = (x + h).astype(dt).astype(np.float64)
-            down = (x - h).astype(dt).astype(np.float64)
-            symmetric = np.minimum(up - x, x - down)
-            if np.all(symmetric == h):
-                break
-            h = np.where(symmetric > 0, symmetric, h)
-        plus[mine], minus[mine] = up, down
-    return plus, minus
-
-
-def _unit_roundoff(dtype: Any) -> float:
-    return float(np.finfo(dtype).eps) / 2
-
-
-def _nonfinite_message(problem: Problem, g: np.ndarray) -> str:
-    bad = np.flatnonzero(~np.isfinite(g))
-    where = []
-    for i in bad[:5]:
-        leaf, index, part = problem.locate(int(i))
-        where.append(
-            f"{leaf.path or '(root)'}{list(index)}{'.' + part if part else ''}"
-        )
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    return ", ".join(where) + more
+def _bits(dtype: Any) -> int:
+    return np.finfo(dtype).bits
 
 
 def check_grads(
@@ -154,22 +118,28 @@ def check_grads(
     key: Any = None,
     argnums: int | Sequence[int] = 0,
     has_aux: bool = False,
-    mode: str = "full",
+    mode: str = "auto",
     eps: float | None = None,
     dtype: Any = jnp.float64,
     nondet_tol: float = 0.0,
+    samples: int | None = None,
+    directions: int = DEFAULT_DIRECTIONS,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+    time_budget: float | None = DEFAULT_TIME_BUDGET,
+    localize: bool = True,
+    seed: int = 0,
     batch_size: int | None = None,
     memory_budget: int | None = None,
     progress: bool | None = None,
 ) -> GradCheckReport:
     """Checks the gradient of ``fn`` against centered finite differences.
 
-    Every floating coordinate of the differentiated argument is moved by ±hᵢ
-    and ``(J(θ + hᵢeᵢ) − J(θ − hᵢeᵢ)) / 2hᵢ`` is compared with ``jax.grad``.
-    The perturbed evaluations are batched with ``jax.vmap`` and compiled with
-    ``jax.jit``; coordinates whose difference disagrees are evaluated again at
-    a smaller step, so that a wrong gradient is told apart from round-off,
-    truncation and kinks.
+    Coordinates (or directions) of the differentiated argument are moved by ±h
+    and ``(J(θ + h·v) − J(θ − h·v)) / 2h`` is compared with the analytic
+    derivative from ``jax.grad``. The perturbed evaluations are batched with
+    ``jax.vmap`` and compiled with ``jax.jit``; probes that disagree are
+    evaluated again at a smaller step, so that a wrong gradient is told apart
+    from round-off, truncation and kinks.
 
     Args:
         fn: the loss, called as ``fn(params, *args)`` (or with ``key=key``); it
@@ -184,7 +154,13 @@ def check_grads(
         argnums: which positional argument of ``fn`` is checked (0 is
             ``params``), or a tuple of them.
         has_aux: ``fn`` returns ``(loss, aux)``.
-        mode: "full" checks every coordinate.
+        mode: "full" checks every coordinate (2 evaluations each); "sample"
+            a stratified sample of ``samples`` coordinates over every leaf;
+            "directional" ``directions`` random directions inside every leaf
+            and one over the whole tree (2 evaluations each), narrowing a
+            failing leaf down to coordinates by bisection; "auto" is "full" when
+            its ``2n`` evaluations fit in ``max_evaluations``, and otherwise
+            "directional" together with "sample".
         eps: the finite-difference step. None chooses
             ``hᵢ = ∛(machine eps) · max(|θᵢ|, 1)`` for each coordinate, which
             balances round-off against truncation error.
@@ -194,11 +170,24 @@ def check_grads(
             uses thresholds that fit it.
         nondet_tol: accepted difference between repeated evaluations of the
             loss at the same point (for a loss that is knowingly noisy).
+        samples: coordinates to check in "sample" mode (and in "auto" when it
+            does not check them all). None means 2048 in "sample" mode, and in
+            "auto" as many (up to 2048) as fit in ``time_budget`` at the speed
+            measured for the directions.
+        directions: random directions per leaf in "directional" mode.
+        max_evaluations: the budget of loss evaluations under which "auto"
+            checks every coordinate.
+        time_budget: seconds "auto" aims to spend in all when it cannot check
+            every coordinate; None lets it sample ``samples`` (or 2048).
+        localize: in directional mode, bisect failing leaves down to
+            coordinates.
+        seed: seeds the sampling of coordinates and directions, so a failure
+            is reproducible.
         batch_size: perturbed evaluations per compiled call; None chooses it
             from the memory one evaluation needs.
         memory_budget: bytes one batch may use; None derives it from the device.
-        progress: show a progress bar; None shows one on a terminal for long
-            checks.
+        progress: show a progress bar; None shows one on a terminal for checks
+            expected to take more than a few seconds.
 
     Returns:
         A ``GradCheckReport``; ``str(report)`` is a readable table.
@@ -216,15 +205,11 @@ def check_grads(
         ...     return jnp.sum(jnp.tanh(x @ p["w"] + p["b"]) ** 2)
         >>> params = {"w": jnp.ones((3, 2)) * 0.1, "b": jnp.zeros(2)}
         >>> report = jc.check_grads(loss, params, jnp.ones((4, 3)))
-        >>> report.passed, report.verdict
-        (True, <Verdict.CORRECT: 'correct'>)
+        >>> report.passed, report.verdict, report.mode
+        (True, <Verdict.CORRECT: 'correct'>, 'full')
     """
     start = time.perf_counter()
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; received {mode!r}.")
-    _validate_eps(eps)
-    if nondet_tol < 0:
-        raise ValueError(f"nondet_tol must be >= 0; received {nondet_tol!r}.")
+    _validate(mode, eps, nondet_tol, samples, directions, max_evaluations, time_budget)
     measure = _measure_dtype(dtype)
 
     with _precision_scope(measure):
@@ -243,225 +228,247 @@ def check_grads(
             memory_budget=memory_budget,
             progress=progress,
         )
-        return _full_check(problem, engine, eps, nondet_tol, start)
+        loss, _, g = engine.value_and_grad()
+        _require_finite(problem, loss, g)
+        loss_dtype = engine.loss_dtype
+        leaf_tols = [
+            tolerances_for(min(leaf.real_dtype, loss_dtype, key=_bits))
+            for leaf in problem.leaves
+        ]
+        rtol = np.repeat(
+            [t.correct for t in leaf_tols], [leaf.size for leaf in problem.leaves]
+        ).astype(np.float64)
+        ctx = pb.Context(
+            problem=problem,
+            engine=engine,
+            g=g,
+            loss=loss,
+            eps=eps,
+            rtol=rtol,
+            rng=np.random.default_rng(seed),
+        )
+        if eps is not None:
+            _check_eps_representable(ctx)
+
+        chosen, notes = _choose_mode(mode, problem, max_evaluations)
+        coordinates, dirs, spent = [], pb.Probes.concat([]), 0
+        if "full" in chosen:
+            coordinates.append(pb.check_coordinates(ctx, np.arange(problem.size)))
+        if "directional" in chosen:
+            whole = (
+                len(problem.leaves) > 1
+                and len({str(leaf.real_dtype) for leaf in problem.leaves}) == 1
+            )
+            dirs = pb.check_directions(
+                ctx, *pb.random_directions(ctx, directions, whole)
+            )
+        if "sample" in chosen:
+            n_samples = samples or DEFAULT_SAMPLES
+            if mode == "auto" and samples is None and time_budget is not None:
+                n_samples = _fit_samples(
+                    engine, time_budget, start, len(problem.leaves)
+                )
+                notes.append(
+                    f"sampled about {n_samples:,} coordinates to fit time_budget="
+                    f"{time_budget:g} s; pass samples=... for a fixed number."
+                )
+            idx = pb.stratified_sample(ctx, n_samples)
+            coordinates.append(pb.check_coordinates(ctx, idx))
+        if "directional" in chosen and localize:
+            located, spent = _localise(ctx, dirs, coordinates)
+            if located is not None:
+                coordinates.append(located)
+        coords = _unique(pb.Probes.concat(coordinates))
+        if spent:
+            notes.append(
+                f"bisection spent {spent} direction probes narrowing failing leaves "
+                "down to the coordinates in report.worst."
+            )
+
+        return _assemble(
+            ctx, coords, dirs, leaf_tols, notes, nondet_tol, start, "+".join(chosen)
+        )
 
 
-def _full_check(
-    problem: Problem, engine: Engine, eps: float | None, nondet_tol: float, start: float
-) -> GradCheckReport:
-    loss, _, g = engine.value_and_grad()
+def _require_finite(problem: Problem, loss: float, g: np.ndarray) -> None:
     if not np.isfinite(loss):
         raise FloatingPointError(
             f"fn returned {loss} at the given parameters; a gradient can only be "
             "checked where the loss is finite."
         )
     if not np.isfinite(g).all():
+        bad = np.flatnonzero(~np.isfinite(g))
+        where = []
+        for i in bad[:5]:
+            leaf, index, part = problem.locate(int(i))
+            suffix = f".{part}" if part else ""
+            where.append(f"{leaf.path or '(root)'}{list(index)}{suffix}")
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise FloatingPointError(
-            "The analytic gradient is not finite at "
-            f"{_nonfinite_message(problem, g)}; fix the gradient (or the point) "
-            "before comparing it with finite differences."
+            f"The analytic gradient is not finite at {', '.join(where)}{more}; fix "
+            "the gradient (or the point) before comparing it with finite "
+            "differences."
         )
-    loss_dtype = engine.loss_dtype
-    eval_dtype = _evaluation_dtype(problem, loss_dtype)
-    leaf_tols = [
-        tolerances_for(min(leaf.real_dtype, loss_dtype, key=_bits))
-        for leaf in problem.leaves
-    ]
-    idx = np.arange(problem.size, dtype=np.int64)
-    if eps is not None:
-        _check_eps_representable(problem, engine.theta, idx, eps)
-
-    first = _evidence(problem, engine, idx, eps, loss, loss_dtype, 1.0)
-    nulls = np.concatenate(engine.nulls) if engine.nulls else np.zeros(0)
-    spread = float(np.max(np.abs(nulls - loss))) if len(nulls) else 0.0
-    allowed = max(nondet_tol, _REPEAT_ROUNDOFF * np.finfo(loss_dtype).eps * abs(loss))
-    first = _with_spread(first, spread)
-
-    status = np.full(problem.size, vd.AGREES, dtype=np.int8)
-    numerical = first.central.copy()
-    noise = first.sigma.copy()
-    rtol = _per_coordinate(problem, [t.correct for t in leaf_tols])
-    disagrees, kinky = vd.screen(first, g, rtol, _leaf_scale(problem, g))
-    candidates = np.flatnonzero(disagrees | kinky)
-    if len(candidates):
-        second = _with_spread(
-            _evidence(
-                problem, engine, idx[candidates], eps, loss, loss_dtype, vd.REFINE
-            ),
-            spread,
-        )
-        s, n, z = vd.confirm(
-            first.take(candidates), second, g[candidates], rtol[candidates]
-        )
-        # An agreeing coordinate looked at again only changes if it is a kink.
-        recheck = kinky[candidates] & (s != vd.KINK)
-        s[recheck] = vd.AGREES
-        n[recheck] = first.central[candidates][recheck]
-        z[recheck] = first.sigma[candidates][recheck]
-        status[candidates], numerical[candidates], noise[candidates] = s, n, z
-
-    notes = []
-    nondeterministic = spread > allowed
-    if nondeterministic:
-        notes.append(
-            f"fn is not deterministic: evaluations at the same point differ by "
-            f"{spread:.3g} (loss {loss:.6g}). Make randomness explicit (pass "
-            "key=... and use it for every random draw), or accept a known amount "
-            "with nondet_tol."
-        )
-    return _assemble(
-        problem,
-        engine,
-        g,
-        numerical,
-        noise,
-        status,
-        first,
-        leaf_tols,
-        loss,
-        spread,
-        notes,
-        nondeterministic,
-        eps,
-        start,
-        mode="full",
-        eval_dtype=eval_dtype,
-    )
 
 
-def _per_coordinate(problem: Problem, values: list[float]) -> np.ndarray:
-    """A per-leaf value spread over the leaf's coordinates."""
-    sizes = [leaf.size for leaf in problem.leaves]
-    return np.repeat(np.asarray(values, dtype=np.float64), sizes)
-
-
-def _leaf_scale(problem: Problem, g: np.ndarray) -> np.ndarray:
-    """The RMS of the analytic gradient in each coordinate's leaf."""
-    rms = [
-        float(np.sqrt(np.mean(np.square(g[leaf.offset : leaf.offset + leaf.size]))))
-        if leaf.size
-        else 0.0
-        for leaf in problem.leaves
-    ]
-    return _per_coordinate(problem, rms)
-
-
-def _bits(dtype: np.dtype) -> int:
-    return np.finfo(dtype).bits
-
-
-def _evaluation_dtype(problem: Problem, loss_dtype: np.dtype) -> np.dtype:
-    """The dtype that bounds the check's precision: the narrower of the loss
-    and the widest checked leaf."""
-    widest = max((leaf.real_dtype for leaf in problem.leaves), key=_bits)
-    return min(widest, np.dtype(loss_dtype), key=_bits)
-
-
-def _check_eps_representable(problem, theta, idx, eps) -> None:
-    plus, minus = _steps(problem, theta.astype(np.float64), idx, eps, np.float64)
+def _check_eps_representable(ctx: pb.Context) -> None:
+    idx = np.arange(ctx.problem.size)
+    theta = ctx.theta
+    plus, minus = pb.coordinate_steps(ctx.problem, theta, idx, ctx.eps, np.float64)
     same = plus == minus
     if same.any():
         i = int(idx[np.flatnonzero(same)[0]])
-        leaf, index, _ = problem.locate(i)
+        leaf, index, _ = ctx.problem.locate(i)
         raise ValueError(
-            f"eps={eps!r} is below the resolution of {leaf.real_dtype} at "
+            f"eps={ctx.eps!r} is below the resolution of {leaf.real_dtype} at "
             f"{leaf.path or '(root)'}{list(index)} (value {float(theta[i]):.6g}): "
             "θ+eps rounds back to θ. Use a larger eps, or eps=None."
         )
 
 
-def _evidence(problem, engine, idx, eps, loss, loss_dtype, scale) -> vd.Evidence:
-    theta = engine.theta.astype(np.float64)
-    plus, minus = _steps(problem, theta, idx, eps, loss_dtype, scale)
-    both = np.concatenate([idx, idx])
-    values = engine.evaluate(both, np.concatenate([plus, minus]))
-    n = len(idx)
-    f_plus, f_minus = values[:n], values[n:]
-    f_base = engine.base_values(idx)
-    u = _unit_roundoff(loss_dtype)
-    delta = u * np.maximum(np.abs(f_plus), np.abs(f_minus))
-    return vd.Evidence(
-        up=plus - theta[idx],
-        down=theta[idx] - minus,
-        f_plus=f_plus,
-        f_minus=f_minus,
-        f_base=f_base,
-        delta_f=np.maximum(delta, u * abs(loss)),
-    )
+def _choose_mode(
+    mode: str, problem: Problem, max_evaluations: int
+) -> tuple[list[str], list[str]]:
+    if mode != "auto":
+        return [mode], []
+    needed = 2 * problem.size
+    if needed <= max_evaluations:
+        return ["full"], []
+    return ["directional", "sample"], [
+        f"mode auto: checking every coordinate needs {needed:,} evaluations, over "
+        f"max_evaluations={max_evaluations:,}; checked random directions in every "
+        "leaf and a stratified sample of coordinates instead."
+    ]
 
 
-def _with_spread(ev: vd.Evidence, spread: float) -> vd.Evidence:
-    return vd.Evidence(
-        ev.up, ev.down, ev.f_plus, ev.f_minus, ev.f_base, ev.delta_f + spread
+def _fit_samples(engine: Engine, budget: float, start: float, n_leaves: int) -> int:
+    """How many coordinates fit in what is left of ``budget`` seconds.
+
+    Each costs two evaluations, at the speed measured so far (directions,
+    which cost at least as much as coordinates); a quarter of what is left is
+    kept for second looks and bisection. Every leaf gets a few whatever the
+    budget.
+    """
+    per_eval = engine.seconds_per_evaluation() or 0.0
+    left = 0.75 * (budget - (time.perf_counter() - start))
+    fitted = int(left / (2 * per_eval)) if per_eval > 0 else DEFAULT_SAMPLES
+    return int(np.clip(fitted, pb.MIN_SAMPLES_PER_LEAF * n_leaves, DEFAULT_SAMPLES))
+
+
+def _localise(ctx, dirs: pb.Probes, coordinates: list[pb.Probes]):
+    """Bisects every leaf with a confirmed disagreeing direction."""
+    failing = sorted({int(k) for k in dirs.leaf[dirs.status == vd.DISAGREES] if k >= 0})
+    found, spent = [], 0
+    for k in failing:
+        idx, n = pb.localise(ctx, k)
+        spent += n
+        if len(idx):
+            found.append(idx)
+    if not found:
+        return None, spent
+    return pb.check_coordinates(ctx, np.concatenate(found)), spent
+
+
+def _unique(coords: pb.Probes) -> pb.Probes:
+    """One probe per coordinate; a later (more targeted) probe wins."""
+    if not len(coords.lo):
+        return coords
+    _, last = np.unique(coords.lo[::-1], return_index=True)
+    keep = len(coords.lo) - 1 - last
+    return coords.take(np.sort(keep))
+
+
+def _judge_group(probes: pb.Probes, mask, tol: Tolerances, shape) -> vd.LeafJudgement:
+    return vd.judge_leaf(
+        probes.analytic[mask],
+        probes.numerical[mask],
+        probes.noise[mask],
+        probes.status[mask],
+        tol,
+        shape,
     )
 
 
 def _assemble(
-    problem: Problem,
-    engine: Engine,
-    g: np.ndarray,
-    numerical: np.ndarray,
-    noise: np.ndarray,
-    status: np.ndarray,
-    first: vd.Evidence,
-    leaf_tols: list,
-    loss: float,
-    spread: float,
+    ctx: pb.Context,
+    coords: pb.Probes,
+    dirs: pb.Probes,
+    leaf_tols: list[Tolerances],
     notes: list[str],
-    nondeterministic: bool,
-    eps: float | None,
+    nondet_tol: float,
     start: float,
     mode: str,
-    eval_dtype: np.dtype,
 ) -> GradCheckReport:
-    leaves = []
-    for leaf, tol in zip(problem.leaves, leaf_tols, strict=True):
-        sl = slice(leaf.offset, leaf.offset + leaf.size)
-        j = vd.judge_leaf(
-            g[sl], numerical[sl], noise[sl], status[sl], tol, leaf.real_shape
-        )
+    problem, engine = ctx.problem, ctx.engine
+    both = pb.Probes.concat([coords, dirs])
+    leaves, verdicts = [], []
+    for k, (leaf, tol) in enumerate(zip(problem.leaves, leaf_tols, strict=True)):
+        mask = both.leaf == k
+        n_coords = int(np.sum(coords.leaf == k))
+        full = n_coords == leaf.size and not np.any(dirs.leaf == k)
+        j = _judge_group(both, mask, tol, leaf.real_shape if full else None)
+        verdicts.append(j.verdict)
         leaves.append(
             LeafReport(
                 path=leaf.path,
                 shape=leaf.shape,
                 dtype=str(leaf.given_dtype),
                 size=leaf.size,
-                checked=leaf.size,
+                checked=n_coords,
                 relative_error=j.relative_error,
                 resolution=j.resolution,
                 verdict=j.verdict,
                 kinks=j.kinks,
                 disagreeing=j.disagreeing,
                 note=j.note,
+                directions=int(np.sum(dirs.leaf == k)),
             )
         )
+    whole = dirs.leaf == -1
+    if whole.any():
+        tol = max(leaf_tols, key=lambda t: t.correct)
+        verdicts.append(_judge_group(dirs, whole, tol, None).verdict)
 
-    keep = (status != vd.KINK) & np.isfinite(numerical)
-    overall = vd.relative_error(numerical[keep], g[keep])
-    verdict = Verdict.worst([leaf.verdict for leaf in leaves])
-    if nondeterministic and verdict.rank < Verdict.SUSPECT.rank:
-        verdict = Verdict.SUSPECT
+    keep = (both.status != vd.KINK) & np.isfinite(both.numerical)
+    overall = vd.relative_error(both.numerical[keep], both.analytic[keep])
+    verdict = Verdict.worst(verdicts)
 
-    steps = (first.up + first.down) / 2
-    worst = _worst(problem, g, numerical, status, steps)
-    kink_idx = np.flatnonzero(status == vd.KINK)[:_KINKS_LISTED]
-    kinks = tuple(_coordinate(problem, int(i), g, numerical, steps) for i in kink_idx)
+    spread = ctx.spread
+    loss = ctx.loss
+    allowed = max(
+        nondet_tol, _REPEAT_ROUNDOFF * pb.unit_roundoff(engine.loss_dtype) * abs(loss)
+    )
+    if spread > allowed:
+        notes.append(
+            f"fn is not deterministic: evaluations at the same point differ by "
+            f"{spread:.3g} (loss {loss:.6g}). Make randomness explicit (pass "
+            "key=... and use it for every random draw), or accept a known amount "
+            "with nondet_tol."
+        )
+        verdict = Verdict.worst([verdict, Verdict.SUSPECT])
     unresolved = [leaf for leaf in leaves if leaf.verdict is Verdict.UNRESOLVED]
+    eval_dtype = _evaluation_dtype(problem, engine.loss_dtype)
     if unresolved:
         notes.append(_unresolved_advice(unresolved, eval_dtype))
 
     narrowest = min((leaf.real_dtype for leaf in problem.leaves), key=_bits)
-    base = relative_step(narrowest, engine.loss_dtype) if eps is None else float(eps)
+    base = (
+        pb.relative_step(narrowest, engine.loss_dtype) if ctx.eps is None else ctx.eps
+    )
     return GradCheckReport(
         verdict=verdict,
         passed=verdict.passed,
         relative_error=overall,
         leaves=tuple(leaves),
-        worst=worst,
-        kinks=kinks,
+        worst=_worst(problem, coords),
+        kinks=tuple(
+            _coordinate(problem, coords, int(i))
+            for i in np.flatnonzero(coords.status == vd.KINK)[:_KINKS_LISTED]
+        ),
+        directions=_directions(problem, dirs),
         unchecked=tuple((s.path, s.reason) for s in problem.skipped),
-        eps=base,
-        step_rule="relative" if eps is None else "absolute",
+        eps=float(base),
+        step_rule="relative" if ctx.eps is None else "absolute",
         dtype=str(eval_dtype),
         given_dtypes=tuple(str(leaf.given_dtype) for leaf in problem.leaves),
         mode=mode,
@@ -475,29 +482,76 @@ def _assemble(
     )
 
 
-def _coordinate(problem, i, g, numerical, steps) -> Coordinate:
-    leaf, index, part = problem.locate(i)
+def _evaluation_dtype(problem: Problem, loss_dtype: np.dtype) -> np.dtype:
+    """The dtype that bounds the check's precision: the narrower of the loss
+    and the widest checked leaf."""
+    widest = max((leaf.real_dtype for leaf in problem.leaves), key=_bits)
+    return min(widest, np.dtype(loss_dtype), key=_bits)
+
+
+def _coordinate(problem: Problem, coords: pb.Probes, j: int) -> Coordinate:
+    leaf, index, part = problem.locate(int(coords.lo[j]))
     return Coordinate(
         path=leaf.path,
         index=index,
-        analytic=float(g[i]),
-        numerical=float(numerical[i]),
+        analytic=float(coords.analytic[j]),
+        numerical=float(coords.numerical[j]),
         part=part,
-        step=float(steps[i]),
+        step=float(coords.step[j]),
     )
 
 
-def _worst(problem, g, numerical, status, steps) -> tuple[Coordinate, ...]:
-    """Confirmed disagreements first, then the rest, largest error first."""
-    candidates = np.flatnonzero(status != vd.KINK)
-    error = np.abs(numerical[candidates] - g[candidates])
+def _order(probes: pb.Probes) -> np.ndarray:
+    """Confirmed disagreements alone if there are any, else every probe by error.
+
+    Kinks are left out; larger |analytic − numerical| comes first.
+    """
+    candidates = np.flatnonzero(probes.status != vd.KINK)
+    error = np.abs(probes.numerical[candidates] - probes.analytic[candidates])
     error = np.where(np.isfinite(error), error, np.inf)
-    confirmed = status[candidates] == vd.DISAGREES
-    order = np.lexsort((-error, ~confirmed))[:_WORST]
-    chosen = candidates[order]
-    if not confirmed.any():
-        chosen = chosen[error[order] > 0]
-    return tuple(_coordinate(problem, int(i), g, numerical, steps) for i in chosen)
+    confirmed = probes.status[candidates] == vd.DISAGREES
+    order = candidates[np.lexsort((-error, ~confirmed))]
+    return order[: int(confirmed.sum())] if confirmed.any() else order
+
+
+def _worst(problem: Problem, coords: pb.Probes) -> tuple[Coordinate, ...]:
+    chosen = [
+        j
+        for j in _order(coords)[:_WORST]
+        if coords.numerical[j] != coords.analytic[j] or coords.status[j] == vd.DISAGREES
+    ]
+    return tuple(_coordinate(problem, coords, j) for j in chosen)
+
+
+_STATUS = {
+    vd.AGREES: "agrees",
+    vd.DISAGREES: "disagrees",
+    vd.KINK: "kink",
+    vd.UNRESOLVED: "unresolved",
+}
+
+
+def _directions(problem: Problem, dirs: pb.Probes) -> tuple[Direction, ...]:
+    out = []
+    for j in _order(dirs)[:_DIRECTIONS_LISTED]:
+        k = int(dirs.leaf[j])
+        if k < 0:
+            path, start = "(all leaves)", 0
+        else:
+            path, start = problem.leaves[k].path, problem.leaves[k].offset
+        out.append(
+            Direction(
+                path=path,
+                start=int(dirs.lo[j] - start),
+                stop=int(dirs.hi[j] - start),
+                seed=int(dirs.seed[j]),
+                analytic=float(dirs.analytic[j]),
+                numerical=float(dirs.numerical[j]),
+                step=float(dirs.step[j]),
+                status=_STATUS[int(dirs.status[j])],
+            )
+        )
+    return tuple(out)
 
 
 def _unresolved_advice(leaves: list[LeafReport], eval_dtype: np.dtype) -> str:

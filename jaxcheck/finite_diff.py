@@ -1,24 +1,32 @@
-"""The engine: the loss at many single-coordinate perturbations of θ, batched.
+"""The engine: the loss at many perturbations of θ, batched and compiled.
 
-A check needs ``J(θ')`` at points ``θ'`` that differ from θ in one coordinate.
-The checked leaves (in real layout, see ``problem``) are raveled with
-``jax.flatten_util.ravel_pytree`` into one flat vector, and every requested
-point is a pair (flat index, new value).
+A check needs ``J(θ')`` at many points ``θ'`` near θ. The checked leaves (in
+real layout, see ``problem``) are raveled with ``jax.flatten_util.ravel_pytree``
+into one flat vector, and a point is either
 
-Leaves are grouped, and each group gets one compiled function that takes a
-chunk of ``B`` points inside the group, builds the perturbed leaves under
-``jax.vmap`` and evaluates the loss. Leaves outside the group are passed
-unbatched, so XLA computes what does not depend on the group once per chunk
-rather than once per point. Leaves of one shape and dtype share a group, so a
-150-layer network compiles a handful of functions, not 300. A small problem is
-one group: there, dispatching fewer calls matters more than reuse.
+* a **coordinate probe**: one flat index set to a new value, or
+* a **direction probe**: θ moved by ``step · v``, with ``v`` a random ±1/√m
+  direction supported on a range ``[lo, hi)`` of the flat vector, derived
+  inside the compiled function from a seed (so no direction is ever stored).
 
-The chunk size is fixed per group and the last chunk is padded with
-unperturbed points, so one compilation serves every chunk of a group, in this
-check and in later checks of the same function (compiled executables are cached
-by problem structure and input shapes). The padding is not wasted: every
-unperturbed evaluation is kept, to measure whether ``fn`` returns the same value
-twice at the same point.
+Leaves are grouped, and each group gets one compiled function per probe kind
+that takes a chunk of ``B`` probes inside the group, builds the perturbed
+leaves under ``jax.vmap`` and evaluates the loss. Leaves outside the group are
+passed unbatched, so XLA computes what does not depend on the group once per
+chunk rather than once per probe. Small leaves of one shape and dtype share a
+group (a 150-layer network compiles a handful of functions, not 300); a large
+leaf has a group of its own, so that a probe copies only that leaf and the
+layers before it are not recomputed; a small problem is one group.
+
+The chunk size is fixed per group, the last chunk is padded with unperturbed
+probes, and so one compilation serves every chunk, in this check and in later
+checks of the same function (executables are cached by problem structure and
+input signature). Every unperturbed evaluation is kept: it measures whether
+``fn`` returns the same value twice at the same point.
+
+With several devices, the probe axis of every chunk is split across them with
+``jax.sharding``; each device evaluates its share of the probes with the same
+program, so the results are those of a single device.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxcheck.problem import Problem, Structure
 
@@ -45,7 +54,13 @@ _ACCELERATOR_CHUNK_BYTES = 256 << 20
 _MAX_BATCH = 1024
 # Problems up to this many coordinates are evaluated as a single group.
 _MERGE_BELOW = 4096
+# A group holds at most this fraction of the memory budget, so that a chunk
+# of several probes fits in the budget.
+_GROUP_SHARE = 8
+# Leaves larger than this (in entries) are not grouped with others.
+_GROUP_LEAF_MAX = 1 << 16
 NULLS_PER_GROUP = 2
+COORDINATE, DIRECTION = "coordinate", "direction"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,14 +74,88 @@ class _Member:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
+def _assemble(
+    structure: Structure, members: tuple[_Member, ...], vector, others, fixed, key
+):
+    real = list(others)
+    for m in members:
+        real[m.leaf] = vector[m.start : m.start + m.size].reshape(m.shape)
+    return structure.loss_of_real(real, fixed, key)
+
+
+def _make_coordinate(structure: Structure, members: tuple[_Member, ...]):
+    """``(vector, pos, val, others, fixed, key) -> losses`` for one group.
+
+    ``vector`` holds the group's leaves in real layout, raveled and
+    concatenated; ``pos`` and ``val`` are positions inside it and their new
+    values. ``others`` is the list of all checked leaves, None at the members.
+    """
+
+    def evaluate(vector, pos, val, others, fixed, key):
+        # A select over the vector fuses into the consumers of the perturbed
+        # leaves; a batched dynamic_update_slice or scatter measured slower.
+        where = jnp.arange(vector.size, dtype=pos.dtype)
+
+        def one(p, v):
+            moved = jnp.where(where == p, v, vector)
+            return _assemble(structure, members, moved, others, fixed, key)
+
+        return jax.vmap(one)(pos, val)
+
+    return evaluate
+
+
+def signs(seed: jax.Array, n: int, dtype: Any) -> jax.Array:
+    """±1 for each of ``n`` entries, from an integer hash of (index, seed).
+
+    A few integer operations per entry (a multiply–xorshift finaliser), so a
+    direction over millions of parameters costs about as much as reading them;
+    the signs are balanced and independent enough for random directions.
+    """
+    h = jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(0x9E3779B1)
+    h = h + seed.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)
+    for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        h = (h ^ (h >> shift)) * jnp.uint32(factor)
+    h = h ^ (h >> 16)
+    return 1 - 2 * (h >> 31).astype(dtype)
+
+
+def _make_direction(structure: Structure, members: tuple[_Member, ...]):
+    """``(vector, grad, lo, hi, seed, step, ...) -> (losses, ⟨g, Δ⟩, ‖Δ‖)``.
+
+    Each probe moves ``vector`` by ``step · v`` with ``v`` a ±1/√m direction on
+    ``[lo, hi)`` drawn from ``seed``, and also returns the projection of the
+    gradient on the displacement actually made (after rounding to the dtype)
+    and its norm, so the comparison is exact whatever the dtype.
+    """
+
+    def evaluate(vector, grad, lo, hi, seed, step, others, fixed, key):
+        where = jnp.arange(vector.size, dtype=lo.dtype)
+        wide = jnp.promote_types(vector.dtype, jnp.float32)
+
+        def one(lo, hi, seed, step):
+            inside = (where >= lo) & (where < hi)
+            count = jnp.maximum(hi - lo, 1).astype(wide)
+            v = jnp.where(inside, signs(seed, vector.size, wide), 0) / jnp.sqrt(count)
+            moved = (vector.astype(wide) + step.astype(wide) * v).astype(vector.dtype)
+            shift = moved.astype(wide) - vector.astype(wide)
+            loss = _assemble(structure, members, moved, others, fixed, key)
+            return loss, jnp.dot(grad.astype(wide), shift), jnp.linalg.norm(shift)
+
+        return jax.vmap(one)(lo, hi, seed, step)
+
+    return evaluate
+
+
+_MAKERS = {COORDINATE: _make_coordinate, DIRECTION: _make_direction}
+
+
 @dataclasses.dataclass
 class _Bundle:
     """Jitted functions of one problem structure, and their executables."""
 
     value_and_grad: Callable[..., Any]
-    groups: dict[tuple[_Member, ...], Callable[..., Any]] = dataclasses.field(
-        default_factory=dict
-    )
+    jitted: dict[Any, Callable[..., Any]] = dataclasses.field(default_factory=dict)
     executables: dict[Any, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -108,35 +197,17 @@ def _make_value_and_grad(structure: Structure) -> Callable[..., Any]:
     return jax.jit(value_and_grad)
 
 
-def _make_group(structure: Structure, members: tuple[_Member, ...]):
-    """Jitted ``(vector, pos, val, others, fixed, key) -> losses`` for a group.
-
-    ``vector`` holds the group's leaves in real layout, raveled and
-    concatenated; ``pos`` and ``val`` are positions inside it and their new
-    values. ``others`` is the list of all checked leaves, None at the members.
-    """
-
-    def evaluate(vector, pos, val, others, fixed, key):
-        where = jnp.arange(vector.size, dtype=pos.dtype)
-
-        def one(p, v):
-            perturbed = jnp.where(where == p, v, vector)
-            real = list(others)
-            for m in members:
-                real[m.leaf] = perturbed[m.start : m.start + m.size].reshape(m.shape)
-            return structure.loss_of_real(real, fixed, key)
-
-        return jax.vmap(one)(pos, val)
-
-    return jax.jit(evaluate)
-
-
 def _signature(tree: Any) -> tuple[Any, ...]:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     return (
         treedef,
         tuple(
-            (np.shape(x), str(x.dtype), bool(getattr(x, "weak_type", False)))
+            (
+                np.shape(x),
+                str(x.dtype),
+                bool(getattr(x, "weak_type", False)),
+                str(getattr(x, "sharding", "")),
+            )
             if hasattr(x, "dtype")
             else (type(x), x)
             for x in leaves
@@ -144,18 +215,71 @@ def _signature(tree: Any) -> tuple[Any, ...]:
     )
 
 
+class _Placement:
+    """Where probes run: one device, or the probe axis split over all of them."""
+
+    def __init__(self):
+        self.devices = jax.devices()
+        self.count = len(self.devices)
+        if self.count > 1:
+            mesh = Mesh(np.array(self.devices), ("probes",))
+            self.split = NamedSharding(mesh, PartitionSpec("probes"))
+            self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.multiprocess = jax.process_count() > 1
+
+    def jit(self, fn: Callable[..., Any], points: tuple[int, ...], n_args: int):
+        """``fn`` jitted; with several devices, the probe axis is split.
+
+        Inputs at ``points`` and every output are split along the probe axis,
+        everything else is replicated, so no device talks to another: each
+        evaluates its own probes.
+        """
+        if self.count == 1:
+            return jax.jit(fn)
+        shardings = [self.replicated] * n_args
+        for i in points:
+            shardings[i] = self.split
+        return jax.jit(fn, in_shardings=tuple(shardings), out_shardings=self.split)
+
+    def gather(self, out: Any) -> np.ndarray:
+        """A probe-axis output, whole, on the host."""
+        if self.multiprocess:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+        return np.asarray(out)
+
+    def everywhere(self, tree: Any) -> Any:
+        if self.count == 1:
+            return tree
+        return jax.device_put(tree, self.replicated)
+
+    def points(self, array: np.ndarray) -> Any:
+        if self.count == 1:
+            return array
+        if self.multiprocess:
+            return jax.make_array_from_callback(
+                array.shape, self.split, lambda index: array[index]
+            )
+        return jax.device_put(array, self.split)
+
+
 @dataclasses.dataclass
 class _Group:
     members: tuple[_Member, ...]
-    vector: jax.Array  # the members' real-layout values, concatenated
-    first: int  # flat index (in θ) of the group's first coordinate
-    batch: int
-    executable: Any = None
+    vector: np.ndarray  # the members' real-layout values, concatenated
+    batch: dict[str, int] = dataclasses.field(default_factory=dict)
+    executables: dict[str, Any] = dataclasses.field(default_factory=dict)
     base: float = float("nan")  # J(θ) as this group's function computes it
+    placed: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.vector.size)
 
 
 def device_memory_budget() -> int:
-    """A default memory budget for one chunk, in bytes, from the default device."""
+    """A default memory budget, in bytes, for one chunk on the default device."""
     device = jax.devices()[0]
     try:
         stats = device.memory_stats()
@@ -170,17 +294,59 @@ def device_memory_budget() -> int:
     return int(min(total * 0.25, 4 << 30))
 
 
+class _Progress:
+    """A tqdm bar on stderr, shown once the work is known to take a while."""
+
+    def __init__(self, total: int, show: bool | None, after_seconds: float = 3.0):
+        self.total, self.show, self.after = total, show, after_seconds
+        self.done, self.bar = 0, None
+        self.start = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is None and self._wanted():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=self.total,
+                initial=self.done,
+                desc="jaxcheck",
+                unit="eval",
+                leave=False,
+            )
+        elif self.bar is not None:
+            self.bar.update(n)
+
+    def _wanted(self) -> bool:
+        if self.show is not None:
+            return self.show
+        if not sys.stderr.isatty():
+            return False
+        elapsed = time.perf_counter() - self.start
+        return elapsed * self.total / max(self.done, 1) > self.after
+
+    @property
+    def blocking(self) -> bool:
+        """Whether chunks must finish one by one (to time them or show them)."""
+        return self.show is not False and (self.show or sys.stderr.isatty())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class Engine:
     """Batched, compiled evaluations of one problem's loss and gradient.
 
     Args:
         problem: what is checked.
-        batch_size: points per compiled call; None picks it per group from the
+        batch_size: probes per compiled call; None picks it per group from the
             memory one evaluation needs.
         memory_budget: bytes one chunk may use at most; None derives it from the
             device.
-        progress: show a progress bar (tqdm) on stderr: True, False, or None
-            for "when stderr is a terminal and the work is long".
+        progress: show a progress bar on stderr: True, False, or None for "on a
+            terminal, when the work is expected to take more than a few
+            seconds".
     """
 
     def __init__(
@@ -199,13 +365,21 @@ class Engine:
         self.memory_budget = memory_budget or device_memory_budget()
         self.progress = progress
         self.bundle = CACHE.get(problem.structure)
+        self.placement = _Placement()
         self.evaluations = 0
         self.compile_seconds = 0.0
+        # Wall time and evaluations of the batched passes, per probe kind.
+        self.run_seconds = {COORDINATE: 0.0, DIRECTION: 0.0}
+        self.run_evaluations = {COORDINATE: 0, DIRECTION: 0}
         self.nulls: list[np.ndarray] = []
         self.loss_dtype = np.dtype(np.float64)
+        self.grad: np.ndarray | None = None
         self._eval_bytes = 0
         self._groups: list[_Group] | None = None
-        self._group_of_leaf = np.zeros(len(problem.leaves), dtype=np.int64)
+        self._whole: _Group | None = None
+        n = len(problem.leaves)
+        self._leaf_group = np.zeros(n, dtype=np.int64)
+        self._leaf_start = np.zeros(n, dtype=np.int64)
 
     def _compile(self, key: Any, jitted: Callable[..., Any], args: tuple) -> Any:
         executable = self.bundle.executables.get(key)
@@ -237,60 +411,161 @@ class Engine:
             g = np.asarray(g)
             real.append(np.stack([g.real, -g.imag], axis=-1) if leaf.is_complex else g)
         flat = np.concatenate([r.reshape(-1) for r in real]) if real else np.zeros(0)
-        return float(loss), aux, flat.astype(np.float64)
+        self.grad = flat.astype(np.float64)
+        return float(loss), aux, self.grad
 
-    # -- numerical side ----------------------------------------------------
+    # -- groups ------------------------------------------------------------
+
+    def _make_group(self, leaves: list[int]) -> _Group:
+        p = self.problem
+        members, start = [], 0
+        for k in leaves:
+            members.append(_Member(k, start, p.leaves[k].real_shape))
+            start += p.leaves[k].size
+        parts = [self._leaf_values(k) for k in leaves]
+        vector = np.concatenate(parts).astype(p.leaves[leaves[0]].real_dtype)
+        return _Group(members=tuple(members), vector=vector)
+
+    def _leaf_values(self, k: int) -> np.ndarray:
+        leaf = self.problem.leaves[k]
+        return self.theta[leaf.offset : leaf.offset + leaf.size]
 
     def _build_groups(self) -> None:
         p = self.problem
         merge = p.size <= _MERGE_BELOW
-        kinds: dict[tuple[Any, ...], list[int]] = {}
+        cap = max(self.memory_budget // _GROUP_SHARE, 1)
+        kinds: dict[tuple[Any, ...], list[list[int]]] = {}
         for k, leaf in enumerate(p.leaves):
             kind = (str(leaf.real_dtype),) + (() if merge else (leaf.real_shape,))
-            kinds.setdefault(kind, []).append(k)
+            if not merge and leaf.size > _GROUP_LEAF_MAX:
+                kind += (k,)
+            runs = kinds.setdefault(kind, [[]])
+            nbytes = leaf.size * leaf.real_dtype.itemsize
+            used = sum(p.leaves[j].size for j in runs[-1]) * leaf.real_dtype.itemsize
+            if runs[-1] and used + nbytes > cap:
+                runs.append([])
+            runs[-1].append(k)
         self._groups = []
-        for leaves in kinds.values():
-            members, start = [], 0
-            for k in leaves:
-                members.append(_Member(k, start, p.leaves[k].real_shape))
-                start += p.leaves[k].size
-            parts = [
-                self.theta[p.leaves[k].offset : p.leaves[k].offset + p.leaves[k].size]
-                for k in leaves
-            ]
-            vector = np.concatenate(parts).astype(p.leaves[leaves[0]].real_dtype)
-            for k in leaves:
-                self._group_of_leaf[k] = len(self._groups)
-            self._groups.append(
-                _Group(
-                    members=tuple(members),
-                    vector=jnp.asarray(vector),
-                    first=p.leaves[leaves[0]].offset,
-                    batch=self._choose_batch(vector, 2 * start + NULLS_PER_GROUP),
-                )
-            )
+        for runs in kinds.values():
+            for leaves in runs:
+                group = self._make_group(leaves)
+                for m in group.members:
+                    self._leaf_group[m.leaf] = len(self._groups)
+                    self._leaf_start[m.leaf] = m.start
+                self._groups.append(group)
 
-    def _choose_batch(self, vector: np.ndarray, points: int) -> int:
-        """Points per chunk for a group: a power of two, fixed for the group."""
+    def _choose_batch(self, group: _Group, kind: str, points: int) -> int:
+        """Probes per chunk for a group: fixed for the group and kind."""
+        devices = self.placement.count
         if self.batch_size is not None:
-            return int(self.batch_size)
-        per_point = vector.nbytes + self._eval_bytes
-        on_cpu = jax.devices()[0].platform == "cpu"
+            return _round_up(int(self.batch_size), devices)
+        copies = 1 if kind == COORDINATE else 3  # signs and shift, for directions
+        per_point = copies * group.vector.nbytes + self._eval_bytes
+        on_cpu = self.placement.devices[0].platform == "cpu"
         target = _CPU_CHUNK_BYTES if on_cpu else _ACCELERATOR_CHUNK_BYTES
         target = min(target, self.memory_budget)
         batch = max(1, target // max(per_point, 1))
         batch = min(batch, _MAX_BATCH, 1 << (points - 1).bit_length())
-        return 1 << (int(batch).bit_length() - 1)
+        return _round_up(1 << (int(batch).bit_length() - 1), devices)
 
-    def _executable(self, group: _Group, args: tuple) -> Any:
-        if group.executable is None:
-            jitted = self.bundle.groups.get(group.members)
+    def _executable(self, group: _Group, kind: str, args: tuple) -> Any:
+        if kind not in group.executables:
+            key = (kind, group.members, self.placement.count)
+            jitted = self.bundle.jitted.get(key)
             if jitted is None:
-                jitted = _make_group(self.problem.structure, group.members)
-                self.bundle.groups[group.members] = jitted
-            key = ("group", group.members, _signature(args))
-            group.executable = self._compile(key, jitted, args)
-        return group.executable
+                fn = _MAKERS[kind](self.problem.structure, group.members)
+                points = (1, 2) if kind == COORDINATE else (2, 3, 4, 5)
+                jitted = self.placement.jit(fn, points, len(args))
+                self.bundle.jitted[key] = jitted
+            signature = (key, _signature(args))
+            group.executables[kind] = self._compile(signature, jitted, args)
+        return group.executables[kind]
+
+    def _shared(self, group: _Group) -> tuple[Any, Any, Any]:
+        """The unbatched inputs of a group's functions, placed once."""
+        if "others" not in group.placed:
+            in_group = {m.leaf for m in group.members}
+            others = [None if k in in_group else r for k, r in enumerate(self.real)]
+            group.placed["vector"] = self.placement.everywhere(
+                jnp.asarray(group.vector)
+            )
+            group.placed["others"] = self.placement.everywhere(others)
+            group.placed["fixed"] = self.placement.everywhere(list(self.problem.fixed))
+            group.placed["key"] = self.placement.everywhere(self.problem.key)
+        placed = group.placed
+        return placed["others"], placed["fixed"], placed["key"]
+
+    # -- running -----------------------------------------------------------
+
+    def _run(
+        self,
+        group: _Group,
+        kind: str,
+        points: list[np.ndarray],
+        nulls: list[Any],
+        progress: _Progress,
+    ) -> list[np.ndarray]:
+        """Evaluates ``points`` (arrays of per-probe inputs) in chunks."""
+        n = len(points[0])
+        if kind not in group.batch:
+            total = 2 * group.size if kind == COORDINATE else n
+            group.batch[kind] = self._choose_batch(group, kind, total + NULLS_PER_GROUP)
+        b = group.batch[kind]
+        padded = _padded(n + NULLS_PER_GROUP, b)
+        full = []
+        for values, null in zip(points, nulls, strict=True):
+            array = np.full(padded, null, dtype=values.dtype)
+            array[:n] = values
+            full.append(array)
+
+        others, fixed, key = self._shared(group)
+        head = [group.placed["vector"]]
+        if kind == DIRECTION:
+            if "grad" not in group.placed:
+                grad = np.concatenate(
+                    [self.grad[self._range(m.leaf)] for m in group.members]
+                )
+                group.placed["grad"] = self.placement.everywhere(jnp.asarray(grad))
+            head.append(group.placed["grad"])
+        tail = [others, fixed, key]
+
+        def chunk(start):
+            return [self.placement.points(a[start : start + b]) for a in full]
+
+        run = self._executable(group, kind, (*head, *chunk(0), *tail))
+        started = time.perf_counter()
+        results = []
+        for start in range(0, padded, b):
+            out = run(*head, *chunk(start), *tail)
+            results.append(out)
+            if progress.blocking:
+                jax.block_until_ready(out)
+                progress.update(b)
+        outs = [
+            np.concatenate(
+                [np.asarray(r[i] if kind == DIRECTION else r) for r in results]
+            )
+            for i in range(3 if kind == DIRECTION else 1)
+        ]
+        outs = [o.astype(np.float64) for o in outs]
+        self.run_seconds[kind] += time.perf_counter() - started
+        self.run_evaluations[kind] += padded
+        self.evaluations += padded
+        self.nulls.append(outs[0][n:])
+        group.base = float(outs[0][n])
+        return [o[:n] for o in outs]
+
+    def seconds_per_evaluation(self) -> float | None:
+        """Measured wall time of one batched evaluation, or None before any."""
+        n = sum(self.run_evaluations.values())
+        return sum(self.run_seconds.values()) / n if n else None
+
+    def _range(self, k: int) -> slice:
+        leaf = self.problem.leaves[k]
+        return slice(leaf.offset, leaf.offset + leaf.size)
+
+    def _progress(self, total: int) -> _Progress:
+        return _Progress(total, self.progress)
 
     def evaluate(self, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
         """The loss at θ with ``θ[flat_index[j]] = values[j]``, for every ``j``."""
@@ -304,63 +579,96 @@ class Engine:
 
         offsets = self.problem.offsets
         leaf_of = np.searchsorted(offsets, flat_index, side="right") - 1
-        group_of = self._group_of_leaf[leaf_of]
-        plan = []
-        for gi, group in enumerate(self._groups):
-            mine = np.flatnonzero(group_of == gi)
-            if len(mine):
-                starts = np.zeros(len(self.problem.leaves), dtype=np.int64)
-                for m in group.members:
-                    starts[m.leaf] = m.start
-                within = flat_index[mine] - offsets[leaf_of[mine]]
-                plan.append((group, mine, starts[leaf_of[mine]] + within))
-
-        total = sum(
-            _padded(len(mine) + NULLS_PER_GROUP, g.batch) for g, mine, _ in plan
-        )
-        bar = self._progress_bar(total)
+        group_of = self._leaf_group[leaf_of]
+        pos = self._leaf_start[leaf_of] + flat_index - offsets[leaf_of]
+        progress = self._progress(len(flat_index))
         try:
-            for group, mine, pos in plan:
-                out[mine] = self._run_group(group, pos, values[mine], bar)
+            for gi, group in enumerate(self._groups):
+                mine = np.flatnonzero(group_of == gi)
+                if not len(mine):
+                    continue
+                vals = values[mine].astype(group.vector.dtype)
+                nulls = [0, group.vector[0]]
+                (out[mine],) = self._run(
+                    group,
+                    COORDINATE,
+                    [pos[mine].astype(np.int32), vals],
+                    nulls,
+                    progress,
+                )
         finally:
-            if bar is not None:
-                bar.close()
+            progress.close()
         return out
 
-    def _run_group(self, group: _Group, pos, val, bar) -> np.ndarray:
-        p = self.problem
-        n = len(pos)
-        padded = _padded(n + NULLS_PER_GROUP, group.batch)
-        vector = np.asarray(group.vector)
-        all_pos = np.zeros(padded, dtype=np.int32)
-        all_val = np.full(padded, vector[0], dtype=vector.dtype)
-        all_pos[:n] = pos
-        all_val[:n] = val.astype(vector.dtype)
+    def evaluate_directions(
+        self, lo: np.ndarray, hi: np.ndarray, seeds: np.ndarray, steps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The loss at θ moved by ``steps[j]`` along random directions.
 
-        others = [None] * len(self.real)
-        in_group = {m.leaf for m in group.members}
-        for k, r in enumerate(self.real):
-            if k not in in_group:
-                others[k] = r
-        fixed = list(p.fixed)
-        b = group.batch
-        args = (group.vector, all_pos[:b], all_val[:b], others, fixed, p.key)
-        run = self._executable(group, args)
+        Direction ``j`` is a ±1/√m vector on the flat range ``[lo[j], hi[j])``,
+        drawn from ``seeds[j]``; a range is inside one leaf, or covers every
+        coordinate. Returns the losses, the projections ``⟨g, Δ⟩`` of the
+        analytic gradient on the displacements made, their norms ``‖Δ‖``, and
+        J(θ) as computed by the same compiled function.
+        """
+        if self._groups is None:
+            self._build_groups()
+        lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
+        n = len(lo)
+        outs = [np.empty(n, dtype=np.float64) for _ in range(4)]
+        if not n:
+            return tuple(outs)
 
-        results = []
-        for start in range(0, padded, b):
-            stop = start + b
-            results.append(
-                run(group.vector, all_pos[start:stop], all_val[start:stop], *args[3:])
-            )
-            if bar is not None:
-                results[-1].block_until_ready()
-                bar.update(b)
-        losses = np.concatenate([np.asarray(r, dtype=np.float64) for r in results])
-        self.evaluations += padded
-        self.nulls.append(losses[n:])
-        group.base = float(losses[n])
-        return losses[:n]
+        offsets = self.problem.offsets
+        leaf_of = np.searchsorted(offsets, lo, side="right") - 1
+        whole = (lo == 0) & (hi == self.problem.size)
+        within = hi <= offsets[leaf_of] + np.array(
+            [self.problem.leaves[k].size for k in leaf_of]
+        )
+        if not np.all(whole | within):
+            raise ValueError("a direction must lie inside one leaf or cover them all")
+        group_of = np.where(whole, -1, self._leaf_group[leaf_of])
+        shift = np.where(whole, 0, self._leaf_start[leaf_of] - offsets[leaf_of])
+        progress = self._progress(n)
+        try:
+            for gi in np.unique(group_of):
+                mine = np.flatnonzero(group_of == gi)
+                group = self._whole_group() if gi < 0 else self._groups[gi]
+                results = self._run(
+                    group,
+                    DIRECTION,
+                    [
+                        (lo[mine] + shift[mine]).astype(np.int32),
+                        (hi[mine] + shift[mine]).astype(np.int32),
+                        np.asarray(seeds, np.uint32)[mine],
+                        np.asarray(steps, np.float64)[mine],
+                    ],
+                    [0, 1, 0, 0.0],
+                    progress,
+                )
+                for out, r in zip(outs, results, strict=False):
+                    out[mine] = r
+                outs[3][mine] = group.base
+        finally:
+            progress.close()
+        return tuple(outs)
+
+    def _whole_group(self) -> _Group:
+        """All checked leaves as one group, for directions over the whole tree."""
+        if self._whole is None:
+            if len(self._groups) == 1 and len(self._groups[0].members) == len(
+                self.problem.leaves
+            ):
+                self._whole = self._groups[0]
+            else:
+                dtypes = {str(leaf.real_dtype) for leaf in self.problem.leaves}
+                if len(dtypes) > 1:
+                    raise ValueError(
+                        "a direction over the whole tree needs one dtype; "
+                        f"the checked leaves have {sorted(dtypes)}"
+                    )
+                self._whole = self._make_group(list(range(len(self.problem.leaves))))
+        return self._whole
 
     def base_values(self, flat_index: np.ndarray) -> np.ndarray:
         """J(θ) as computed by the compiled function each coordinate went through.
@@ -370,18 +678,12 @@ class Engine:
         """
         leaf_of = np.searchsorted(self.problem.offsets, flat_index, side="right") - 1
         base = np.array([g.base for g in self._groups])
-        return base[self._group_of_leaf[leaf_of]]
-
-    def _progress_bar(self, total: int):
-        show = self.progress
-        if show is None:
-            show = sys.stderr.isatty() and total >= 200_000
-        if not show:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc="jaxcheck", unit="eval", leave=False)
+        return base[self._leaf_group[leaf_of]]
 
 
 def _padded(n: int, batch: int) -> int:
     return -(-n // batch) * batch
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

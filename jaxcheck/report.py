@@ -163,6 +163,44 @@ class Coordinate:
 
 
 @dataclasses.dataclass(frozen=True)
+class Direction:
+    """One random direction checked: ``⟨g, v⟩`` against its finite difference.
+
+    Attributes:
+        path: the leaf the direction lies in, or "(all leaves)".
+        start: first coordinate of its support, counted inside the leaf's
+            flattened real layout.
+        stop: one past its last coordinate.
+        seed: the seed ``v`` was drawn from (±1/√m entries on the support).
+        analytic: ``⟨g, v⟩``, with g from ``jax.grad``.
+        numerical: the centered difference along ``v``.
+        step: the step along ``v``.
+        status: "agrees", "disagrees" (confirmed at two steps), "kink" or
+            "unresolved".
+    """
+
+    path: str
+    start: int
+    stop: int
+    seed: int
+    analytic: float
+    numerical: float
+    step: float
+    status: str
+
+    @property
+    def rel_error(self) -> float:
+        """``|d_num − d| / (|d_num| + |d|)``."""
+        denom = abs(self.analytic) + abs(self.numerical)
+        return abs(self.analytic - self.numerical) / denom if denom else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rel_error"] = self.rel_error
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
 class LeafReport:
     """The check of one leaf.
 
@@ -171,7 +209,7 @@ class LeafReport:
         shape: the leaf's shape.
         dtype: the caller's dtype of the leaf.
         size: number of real coordinates (complex entries count twice).
-        checked: how many of them were compared.
+        checked: how many of them were compared one by one.
         relative_error: ``‖g_num − g‖ / (‖g_num‖ + ‖g‖)`` over the compared
             coordinates of this leaf, kinks excluded.
         resolution: the relative error finite-difference noise alone could
@@ -180,6 +218,7 @@ class LeafReport:
         kinks: compared coordinates that cross a kink.
         disagreeing: coordinates whose disagreement was confirmed at two steps.
         note: what the numbers suggest, in words (may be empty).
+        directions: random directions checked inside this leaf.
     """
 
     path: str
@@ -193,6 +232,7 @@ class LeafReport:
     kinks: int = 0
     disagreeing: int = 0
     note: str = ""
+    directions: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -214,13 +254,17 @@ class GradCheckReport:
         leaves: one entry per checked leaf.
         worst: the coordinates with the largest disagreement, worst first.
         kinks: coordinates where the ±ε step crosses a kink.
+        directions: the random directions checked (directional mode), those
+            that disagree first.
         unchecked: ``(path, reason)`` for leaves that were left alone.
         eps: the base step; with ``step_rule == "relative"`` each coordinate
             uses ``eps * max(|θᵢ|, 1)``.
         step_rule: "relative" (the default) or "absolute" (an explicit eps).
         dtype: the dtype the check was evaluated in.
         given_dtypes: the caller's dtypes of the checked leaves.
-        mode: how coordinates were chosen ("full" checks every one).
+        mode: what was checked: "full" (every coordinate), "sample",
+            "directional", or "directional+sample" (what "auto" does for
+            large models).
         evaluations: loss evaluations, padding and repeats included.
         seconds: wall time of the whole check.
         compile_seconds: of which spent compiling.
@@ -237,6 +281,7 @@ class GradCheckReport:
     leaves: tuple[LeafReport, ...]
     worst: tuple[Coordinate, ...]
     kinks: tuple[Coordinate, ...]
+    directions: tuple[Direction, ...]
     unchecked: tuple[tuple[str, str], ...]
     eps: float
     step_rule: str
@@ -268,6 +313,7 @@ class GradCheckReport:
             "leaves": [leaf.to_dict() for leaf in self.leaves],
             "worst": [c.to_dict() for c in self.worst],
             "kinks": [c.to_dict() for c in self.kinks],
+            "directions": [d.to_dict() for d in self.directions],
             "unchecked": [{"path": p, "reason": r} for p, r in self.unchecked],
             "eps": self.eps,
             "step_rule": self.step_rule,
@@ -321,18 +367,28 @@ def render(report: GradCheckReport, max_leaves: int = 40) -> str:
     r = report
     given = ", ".join(sorted(set(r.given_dtypes)))
     dtype = r.dtype if given == r.dtype else f"{r.dtype} (parameters given as {given})"
+    n_dirs = sum(leaf.directions for leaf in r.leaves)
+    n_dirs += sum(1 for d in r.directions if d.path == "(all leaves)")
+    dirs = f" and {n_dirs:,} directions" if n_dirs else ""
     head = [
         f"jaxcheck: {r.verdict.name} (relative error {_fmt(r.relative_error)})",
-        f"  {r.checked:,} of {r.size:,} coordinates checked, mode {r.mode}, {dtype}",
+        f"  {r.checked:,} of {r.size:,} coordinates{dirs} checked, mode {r.mode}, "
+        f"{dtype}",
     ]
 
-    rows = [["leaf", "shape", "checked", "rel. error", "resolution", "verdict", ""]]
+    checked = "checked"
+    if r.directions:
+        checked = "coords+dirs"
+    rows = [["leaf", "shape", checked, "rel. error", "resolution", "verdict", ""]]
     for leaf in r.leaves[:max_leaves]:
+        count = f"{leaf.checked:,}"
+        if r.directions:
+            count += f"+{leaf.directions}"
         rows.append(
             [
                 _path_str(leaf.path),
                 str(leaf.shape),
-                f"{leaf.checked:,}",
+                count,
                 _fmt(leaf.relative_error),
                 _fmt(leaf.resolution),
                 leaf.verdict.name,
@@ -364,6 +420,23 @@ def render(report: GradCheckReport, max_leaves: int = 40) -> str:
                 ]
             )
         body += _table(rows, right={1, 2, 3, 4})
+
+    failing = [d for d in r.directions if d.status != "agrees"]
+    if failing:
+        body += ["", "  directions that do not agree (support inside the leaf):"]
+        rows = [["leaf", "support", "⟨g, v⟩", "numerical", "rel. error", "status"]]
+        for d in failing[:8]:
+            rows.append(
+                [
+                    _path_str(d.path),
+                    f"[{d.start}:{d.stop}]",
+                    f"{d.analytic:+.6e}",
+                    f"{d.numerical:+.6e}",
+                    _fmt(d.rel_error),
+                    d.status,
+                ]
+            )
+        body += _table(rows, right={2, 3, 4})
 
     if r.kinks:
         shown = ", ".join(c.location for c in r.kinks[:8])
