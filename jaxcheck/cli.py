@@ -41,13 +41,24 @@ def demo(out=sys.stdout) -> int:
             "sizes and located.",
         ),
     ]
-    for example, story in cases:
+    large = models.with_wrong_entry(
+        models.mlp_classifier((512, 1024, 512, 10), batch=16), 1, (300, 77)
+    )
+    cases.append(
+        (
+            large,
+            "A large model, one wrong entry among a million: directional mode checks "
+            "a few random directions per leaf (2 evaluations each, not 2 per "
+            "parameter), then bisects the failing leaf down to the entry.",
+            {"mode": "directional"},
+        )
+    )
+    for example, story, *options in cases:
         print(_rule(f"{example.name} ({example.size:,} parameters)"), file=out)
         print(story, file=out)
         print(file=out)
-        report = check_grads(
-            example.fn, example.params, *example.args, **example.check_kwargs()
-        )
+        kwargs = {**example.check_kwargs(), **(options[0] if options else {})}
+        report = check_grads(example.fn, example.params, *example.args, **kwargs)
         print(report, file=out)
     return 0
 

@@ -161,6 +161,42 @@ def _dense_with_backward(backward: Callable[..., tuple[jax.Array, jax.Array]]):
     return layer
 
 
+def with_wrong_entry(
+    example: Example, layer: int, index: tuple[int, ...], factor: float = 1.05
+) -> Example:
+    """``example`` whose loss has a custom_vjp that scales one gradient entry.
+
+    The weight gradient of ``example.params[layer]["w"]`` at ``index`` is
+    multiplied by ``factor`` in the backward pass; every other entry is right.
+
+    Example:
+        >>> from jaxcheck.models import mlp_regression, with_wrong_entry
+        >>> with_wrong_entry(mlp_regression(), 0, (2, 3)).name
+        "MLP 10-20-1 tanh, MSE, with [0]['w'][2, 3] off by 5%"
+    """
+    loss = example.fn
+
+    @jax.custom_vjp
+    def wrong(params, *args):
+        return loss(params, *args)
+
+    def forward(params, *args):
+        return jax.vjp(loss, params, *args)
+
+    def backward(vjp, cotangent):
+        grads = vjp(cotangent)
+        params = [dict(p) for p in grads[0]]
+        params[layer]["w"] = params[layer]["w"].at[index].multiply(factor)
+        return (params, *grads[1:])
+
+    wrong.defvjp(forward, backward)
+    where = f"[{layer}]['w'][{', '.join(str(i) for i in index)}]"
+    off = f"{abs(factor - 1):.0%}"
+    return dataclasses.replace(
+        example, fn=wrong, name=f"{example.name}, with {where} off by {off}"
+    )
+
+
 def buggy_layer(bug: str = "transposed", seed: int = 0) -> Example:
     """A two-layer tanh net whose hidden layer has a hand-written, wrong backward.
 
