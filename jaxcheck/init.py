@@ -406,8 +406,10 @@ def mlp_params(
 ) -> list[dict[str, jax.Array]]:
     """Parameters ``[{"w": (n_in, n_out), "b": (n_out,)}, ...]`` of an MLP.
 
-    Layer ``i`` maps ``sizes[i]`` to ``sizes[i + 1]`` features and is drawn
-    from its own key, so the parameters are a pure function of ``key``.
+    Layer ``i`` maps ``sizes[i]`` to ``sizes[i + 1]`` features; its weights
+    are drawn from ``fold_in(key, i)`` and its biases from
+    ``fold_in(fold_in(key, i), 1)``, so the parameters are a pure function of
+    ``key``.
 
     Args:
         key: a PRNG key.
@@ -442,7 +444,9 @@ def mlp_params(
             "mlp_params: sizes must list at least two positive integer widths "
             f"(input, ..., output); received {original!r}."
         )
-    keys = jax.random.split(key, len(sizes) - 1)
+    # fold_in(key, i) is split(key, n)[i] under JAX's default PRNG settings,
+    # and compiles once instead of once per number of layers.
+    keys = [jax.random.fold_in(key, i) for i in range(len(sizes) - 1)]
     return [
         {
             "w": w_init(k, (n_in, n_out), dtype),
