@@ -606,7 +606,9 @@ def gradient_norms(
         fn: the loss, called as ``fn(params, *args)`` (or with ``key=key``).
         params: any pytree of parameters; floating leaves are differentiated.
             A list of layers gives the groups an order.
-        *args: further arguments of ``fn`` (data, labels, ...).
+        *args: further arguments of ``fn`` (data, labels, ...); they are
+            traced by ``jax.jit``, so bind static settings into ``fn`` with
+            ``functools.partial``.
         key: a PRNG key passed to ``fn`` as ``key=key`` when given.
 
     Returns:
@@ -771,7 +773,8 @@ def diagnose(
     Args:
         fn: the loss, called as ``fn(params, *args)`` (or with ``key=key``).
         params: any pytree of parameters; a list of layers gives layer order.
-        *args: further arguments of ``fn``.
+        *args: further arguments of ``fn``; they are traced by ``jax.jit``,
+            so bind static settings into ``fn`` with ``functools.partial``.
         key: a PRNG key passed to ``fn`` as ``key=key`` when given.
         vanishing_below: ratios below this are "vanishing" (default 1e-3).
         exploding_above: ratios above this are "exploding" (default 1e3).
@@ -860,21 +863,31 @@ def _gaussian_moments(phi, q: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.sum(weights * value**2), jnp.sum(weights * slope**2)
 
 
-def _mean_field_scan(phi, sigma_w2: jax.Array, input_moment: jax.Array):
-    """q_l and χ_l for l = 1 … len(sigma_w2), by a scan over the layers."""
+@functools.partial(jax.jit, static_argnums=0)
+def _moments(phi, q: jax.Array) -> jax.Array:
+    """``[E[φ(√q·z)²], E[φ′(√q·z)²]]``, compiled once per activation."""
+    return jnp.stack(_gaussian_moments(phi, q))
 
-    def layer(q, s2_pair):
-        s2, s2_next = s2_pair
-        phi_sq, slope_sq = _gaussian_moments(phi, q)
-        return s2_next * phi_sq, (q, s2 * slope_sq)
 
-    q_first = sigma_w2[0] * input_moment
-    s2_next = jnp.concatenate([sigma_w2[1:], sigma_w2[-1:]])
-    _, (q, chi) = jax.lax.scan(layer, q_first, (sigma_w2, s2_next))
+def _mean_field_recursion(
+    phi, sigma_w2: np.ndarray, input_moment: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """q_l and χ_l for l = 1 … len(sigma_w2), in float64.
+
+    The recursion over the layers runs on the host, one small compiled call
+    per layer, so that no depth needs a compilation of its own.
+    """
+    depth = len(sigma_w2)
+    q = np.empty(depth)
+    chi = np.empty(depth)
+    q_l = float(sigma_w2[0] * input_moment)
+    with jax.enable_x64(True):
+        for layer in range(depth):
+            phi_sq, slope_sq = np.asarray(_moments(phi, q_l))
+            q[layer] = q_l
+            chi[layer] = sigma_w2[layer] * slope_sq
+            q_l = float(sigma_w2[min(layer + 1, depth - 1)] * phi_sq)
     return q, chi
-
-
-_mean_field_jit = jax.jit(_mean_field_scan, static_argnums=0)
 
 
 class MeanField(NamedTuple):
@@ -947,9 +960,8 @@ def mean_field(
         raise ValueError(
             f"mean_field: depth={depth} but sigma_w2 has {s2.size} entries."
         )
-    with jax.enable_x64(True):
-        q, chi = _mean_field_jit(phi, jnp.asarray(s2), jnp.asarray(input_moment))
-        return MeanField(np.asarray(q), np.asarray(chi))
+    q, chi = _mean_field_recursion(phi, s2, float(input_moment))
+    return MeanField(q, chi)
 
 
 # --------------------------------------------------------------------------
@@ -977,7 +989,7 @@ def _draw_network(key, w_init, depth, width, batch):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _profile(phi, weights, x, v):
-    """Tap statistics, per-layer ‖∂J/∂W_l‖ and mean-field χ_l of a deep MLP."""
+    """Tap statistics, ‖∂J/∂W_l‖, σ_w² and E[x²] of a deep MLP."""
 
     def loss(weights, probes):
         h = _probe_identity(x, probes[0])
@@ -997,8 +1009,7 @@ def _profile(phi, weights, x, v):
 
     # σ_w² = fan_in · mean(W²), measured on the drawn weights
     sigma_w2 = weights.shape[1] * jnp.mean(weights**2, axis=(1, 2))
-    _, chi = _mean_field_scan(phi, sigma_w2, jnp.mean(x**2))
-    return stats, weight_grad, chi
+    return stats, weight_grad, sigma_w2, jnp.mean(x**2)
 
 
 def _label(obj: Any) -> str:
@@ -1168,7 +1179,11 @@ def depth_profile(
 
     with jax.enable_x64(True):
         weights, x, v = _draw_network(key, w_init, depth, width, batch)
-        stats, weight_grad, chi = map(np.asarray, _profile(phi, weights, x, v))
+        stats, weight_grad, sigma_w2, input_moment = map(
+            np.asarray, _profile(phi, weights, x, v)
+        )
+
+    _, chi = _mean_field_recursion(phi, sigma_w2, float(input_moment))
 
     signal = np.sqrt(stats[:, 0])
     scale = np.sqrt(stats[:, 1] / stats[:, 2])

@@ -218,6 +218,26 @@ def test_a_tap_that_does_not_reach_the_loss():
     assert float(taps["used"]["signal"]) == 2.0
 
 
+def test_taps_under_checkpoint_and_in_the_branches_of_cond():
+    def model(w, x):
+        h = jax.checkpoint(lambda x: flow.tap(jnp.tanh(x * w), "a"))(x)
+        h = jax.lax.cond(
+            jnp.sum(x) > 0,
+            lambda h: flow.tap(2 * h, "positive"),
+            lambda h: flow.tap(3 * h, "negative"),
+            h,
+        )
+        return jnp.sum(h)
+
+    _, _, taps = jax.jit(flow.value_grad_and_taps(model))(1.0, jnp.ones(3))
+    assert taps.names == ("a", "positive", "negative")
+    np.testing.assert_allclose(
+        taps.signal, [2 * math.sqrt(3), math.sqrt(3), 0.0], rtol=1e-6
+    )
+    np.testing.assert_array_equal(taps.count, [3, 3, 0])  # the branch not taken
+    assert math.isnan(float(taps.rms[2]))
+
+
 def test_no_taps():
     _, grad, taps = flow.value_grad_and_taps(lambda w: w**2)(3.0)
     assert float(grad) == 6.0
@@ -259,8 +279,8 @@ def test_taps_unknown_name():
 
 
 def test_gradient_norms_per_leaf_and_per_layer():
-    params = init.mlp_params(jax.random.key(0), [3, 4, 2])
-    x = jax.random.normal(jax.random.key(1), (5, 3))
+    params = init.mlp_params(jax.random.key(0), [4, 8, 2])
+    x = jax.random.normal(jax.random.key(1), (5, 4))
 
     def loss(params, x):
         return jnp.sum(nn.mlp(params, x) ** 2)
@@ -341,28 +361,37 @@ def test_gradient_norms_without_float_leaves_is_a_clear_error():
 
 # ----------------------------------------------------------------- diagnose
 
-# (activation, initialiser, verdict, lower, upper bound of the signal ratio
-# ‖∂J/∂h_0‖ / ‖∂J/∂h_150‖), 150 layers of width 32, float64.
+# (activation, initialiser, depth, verdict, and bounds on the signal ratio
+# ‖∂J/∂h_0‖ / ‖∂J/∂h_depth‖), width 32, float64. ReLU runs 60 layers: its
+# verdicts are clear by then, and a smaller unrolled model compiles faster.
 NETWORKS = [
-    pytest.param("tanh", init.scaled(0.5), "vanishing", 1e-49, 1e-43, id="tanh-0.5"),
-    pytest.param("relu", "lecun_normal", "vanishing", 1e-27, 1e-20, id="relu-lecun"),
-    pytest.param("linear", init.scaled(0.9), "vanishing", 1e-9, 1e-5, id="linear-0.9"),
-    pytest.param("tanh", init.scaled(2.0), "exploding", 1e7, 1e11, id="tanh-2.0"),
-    pytest.param("linear", init.scaled(1.1), "exploding", 1e4, 1e8, id="linear-1.1"),
-    pytest.param("tanh", "lecun_normal", "healthy", 1e-3, 1.0, id="tanh-lecun"),
-    pytest.param("relu", "he_normal", "healthy", 1e-3, 10.0, id="relu-he"),
+    pytest.param(
+        "tanh", init.scaled(0.5), 150, "vanishing", 1e-49, 1e-43, id="tanh-0.5"
+    ),
+    pytest.param("tanh", init.scaled(2.0), 150, "exploding", 1e7, 1e11, id="tanh-2.0"),
+    pytest.param("tanh", "lecun_normal", 150, "healthy", 1e-3, 1.0, id="tanh-lecun"),
+    pytest.param(
+        "linear", init.scaled(0.9), 150, "vanishing", 1e-9, 1e-5, id="linear-0.9"
+    ),
+    pytest.param(
+        "linear", init.scaled(1.1), 150, "exploding", 1e4, 1e8, id="linear-1.1"
+    ),
+    pytest.param("relu", "lecun_normal", 60, "vanishing", 1e-12, 1e-7, id="relu-lecun"),
+    pytest.param("relu", "he_normal", 60, "healthy", 1e-2, 10.0, id="relu-he"),
 ]
 
 
-@pytest.mark.parametrize(("activation", "scheme", "verdict", "low", "high"), NETWORKS)
-def test_diagnose_verdicts(activation, scheme, verdict, low, high):
-    report = diagnose_mlp(activation, scheme)
+@pytest.mark.parametrize(
+    ("activation", "scheme", "depth", "verdict", "low", "high"), NETWORKS
+)
+def test_diagnose_verdicts(activation, scheme, depth, verdict, low, high):
+    report = diagnose_mlp(activation, scheme, depth=depth)
     assert report.verdict == verdict
     assert report.basis == "signal"
     assert low < report.signal_ratio < high
     assert report.ratio == report.signal_ratio
-    assert next(iter(report.signal)) == "h0" and list(report.signal)[-1] == "h150"
-    assert len(report.gradients.layers) == 150
+    assert list(report.signal) == [f"h{i}" for i in range(depth + 1)]
+    assert len(report.gradients.layers) == depth
 
 
 def test_diagnose_linear_0_9_signal_vanishes_while_weight_gradients_balance():
@@ -414,13 +443,13 @@ def test_diagnose_undetermined_without_taps_or_layers():
 
 
 def test_diagnose_custom_thresholds_and_report():
-    report = diagnose_mlp("tanh", "lecun_normal", depth=20, width=16, batch=8)
+    report = diagnose_mlp("tanh", "lecun_normal", seed=1)
     assert report.verdict == "healthy"
-    strict = diagnose_mlp("tanh", "lecun_normal", depth=20, width=16, batch=8)
-    assert strict.signal_ratio == report.signal_ratio  # deterministic
+    again = diagnose_mlp("tanh", "lecun_normal", seed=1)
+    assert again.signal_ratio == report.signal_ratio  # deterministic
     with jax.enable_x64(True):
-        params = init.mlp_params(jax.random.key(0), [16] * 21, dtype=jnp.float64)
-        x = jnp.ones((8, 16), jnp.float64)
+        params = init.mlp_params(jax.random.key(1), [32] * 151, dtype=jnp.float64)
+        x = jnp.ones((32, 32), jnp.float64)
         tight = flow.diagnose(
             tapped_loss("tanh"),
             params,
@@ -429,12 +458,12 @@ def test_diagnose_custom_thresholds_and_report():
             vanishing_below=0.99,
             exploding_above=1.01,
         )
-    assert tight.verdict in ("vanishing", "exploding")
+    assert tight.verdict == "vanishing"
     assert f"{tight.ratio:.3e}" in str(tight)
     data = json.loads(json.dumps(tight.to_dict()))
     assert data["verdict"] == tight.verdict
     assert data["vanishing_below"] == 0.99
-    assert len(data["signal"]) == 21
+    assert len(data["signal"]) == 151
 
 
 @pytest.mark.parametrize(("below", "above"), [(0.0, 10.0), (2.0, 10.0), (1e-3, 0.5)])
@@ -466,9 +495,9 @@ def brute_force_moments(phi, dphi, q):
 @pytest.mark.parametrize("sigma_w", [0.5, 1.0, 2.0, 6.0])
 def test_mean_field_tanh_matches_brute_force_integration(sigma_w):
     s2 = sigma_w**2
-    field = flow.mean_field("tanh", s2, depth=4, input_moment=1.3)
+    field = flow.mean_field("tanh", s2, depth=3, input_moment=1.3)
     q = s2 * 1.3
-    for layer in range(4):
+    for layer in range(3):
         phi_sq, slope_sq = brute_force_moments(
             np.tanh, lambda u: 1 / np.cosh(u) ** 2, q
         )
@@ -493,7 +522,7 @@ def test_mean_field_tanh_lecun_gain_tends_to_one():
 
 
 def test_mean_field_accepts_a_callable_and_checks_depth():
-    chi = flow.mean_field(lambda u: 2 * u, 1.0, depth=2).chi
+    chi = flow.mean_field(lambda u: 2 * u, 1.0, depth=3).chi
     np.testing.assert_allclose(chi, 4.0, rtol=1e-12)
     with pytest.raises(ValueError, match=r"pass depth=... with a single sigma_w2"):
         flow.mean_field("tanh", 1.0)
@@ -510,24 +539,24 @@ def test_mean_field_accepts_a_callable_and_checks_depth():
 
 def test_depth_profile_shapes_and_float64_without_changing_the_config():
     before = jax.config.jax_enable_x64
-    profile = flow.depth_profile(30, 16, "tanh", "lecun_normal", key=0, batch=8)
+    profile = flow.depth_profile(10, 8, "tanh", "lecun_normal", key=0, batch=4)
     assert jax.config.jax_enable_x64 == before
     assert jnp.ones(1).dtype == (jnp.float64 if before else jnp.float32)
     for name, length in [
-        ("signal", 31),
-        ("activation_scale", 31),
-        ("prediction", 31),
-        ("weight_grad", 30),
-        ("chi", 30),
+        ("signal", 11),
+        ("activation_scale", 11),
+        ("prediction", 11),
+        ("weight_grad", 10),
+        ("chi", 10),
     ]:
         array = getattr(profile, name)
         assert isinstance(array, np.ndarray) and array.dtype == np.float64
         assert array.shape == (length,)
     assert profile.ratio == pytest.approx(profile.signal[0] / profile.signal[-1])
     assert profile.prediction[-1] == profile.signal[-1]
-    # ∂J/∂h_depth = v, a standard normal 8×16 matrix
-    assert 0.7 * math.sqrt(128) < profile.signal[-1] < 1.3 * math.sqrt(128)
-    assert 0.7 < profile.activation_scale[0] < 1.3  # the input is standard normal
+    # ∂J/∂h_depth = v, a standard normal 4×8 matrix
+    assert 0.6 * math.sqrt(32) < profile.signal[-1] < 1.4 * math.sqrt(32)
+    assert 0.6 < profile.activation_scale[0] < 1.4  # the input is standard normal
 
 
 @pytest.mark.parametrize(("weight", "depth"), [(1.1, 150), (0.9, 150), (0.5, 150)])
@@ -563,7 +592,7 @@ def test_depth_profile_key_as_int_or_key_and_verdicts():
     assert a.verdict == "healthy"
     assert a.init == "he_normal" and a.activation == "relu"
     chain = flow.depth_profile(
-        3, 1, jnp.tanh, jax.nn.initializers.constant(0.5), batch=1
+        10, 8, jnp.tanh, jax.nn.initializers.constant(0.1), batch=4
     )
     assert (chain.activation, chain.init) == ("tanh", "constant")
     assert (
@@ -662,12 +691,12 @@ def test_seed_experiment_table_and_dict(experiment):
 
 
 def test_seed_experiment_with_custom_schemes():
-    schemes = [flow.Scheme("tanh 1.2", "tanh", init.scaled(1.2), width=16)]
+    schemes = [flow.Scheme("tanh 1.2", "tanh", init.scaled(1.2), width=8)]
     table = flow.seed_experiment(
-        depth=10, width=8, batch=4, seeds=(7,), schemes=schemes
+        depth=10, width=16, batch=4, seeds=(7,), schemes=schemes
     )
     (result,) = table.results
-    assert (result.width, result.batch, len(result.ratios)) == (16, 4, 1)
+    assert (result.width, result.batch, len(result.ratios)) == (8, 4, 1)
     assert result.init == "scaled(1.2)"
     with pytest.raises(ValueError, match=r"at least one seed and one scheme"):
         flow.seed_experiment(depth=10, seeds=())
