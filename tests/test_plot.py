@@ -121,7 +121,7 @@ def test_diagnosis_shows_taps_and_layers():
 
 
 def test_diagnosis_without_taps():
-    params = init.mlp_params(jax.random.key(0), [4, 4, 4])
+    params = init.mlp_params(jax.random.key(0), [4, 8, 2])
 
     def loss(params, x):
         return jnp.sum(nn.mlp(params, x) ** 2)
