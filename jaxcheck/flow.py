@@ -1329,16 +1329,7 @@ class SeedExperiment:
             "batch": self.batch,
             "seeds": list(self.seeds),
             "results": [
-                {
-                    **{
-                        f.name: (lambda v: list(v) if isinstance(v, tuple) else v)(
-                            getattr(r, f.name)
-                        )
-                        for f in dataclasses.fields(r)
-                    },
-                    "verdict": r.verdict,
-                }
-                for r in self.results
+                {**dataclasses.asdict(r), "verdict": r.verdict} for r in self.results
             ],
         }
 

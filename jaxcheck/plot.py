@@ -82,11 +82,12 @@ def plot_depth_profiles(
         >>> import matplotlib
         >>> matplotlib.use("Agg")
         >>> from jaxcheck import flow, plot
-        >>> profiles = {s: flow.depth_profile(10, 8, "tanh", s) for s in ("lecun_normal", "he_normal")}
+        >>> schemes = ("lecun_normal", "he_normal")
+        >>> profiles = {s: flow.depth_profile(10, 8, "tanh", s) for s in schemes}
         >>> fig = plot.plot_depth_profiles(profiles)
         >>> [len(ax.get_lines()) for ax in fig.axes]
         [2, 2]
-    """  # noqa: E501
+    """
     plt = _pyplot()
     named = _named_profiles(profiles)
     fig, (ax_signal, ax_scale) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -139,10 +140,10 @@ def plot_gradient_norms(
         >>> from jaxcheck import flow, init, nn, plot
         >>> params = init.mlp_params(jax.random.key(0), [4, 8, 2])
         >>> loss = lambda p, x: jnp.sum(nn.mlp(p, x) ** 2)
-        >>> fig = plot.plot_gradient_norms(flow.gradient_norms(loss, params, jnp.ones((3, 4))))
-        >>> len(fig.axes[0].patches)
+        >>> norms = flow.gradient_norms(loss, params, jnp.ones((3, 4)))
+        >>> len(plot.plot_gradient_norms(norms).axes[0].patches)
         4
-    """  # noqa: E501
+    """
     if isinstance(norms, Diagnosis):
         norms = norms.gradients
     if not isinstance(norms, GradientNorms):
