@@ -17,6 +17,7 @@ the caller's configuration and arrays are left as they were.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,8 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcheck import probes as pb
+from jaxcheck import second_order as so
+from jaxcheck import vector
 from jaxcheck import verdict as vd
-from jaxcheck.finite_diff import Engine
+from jaxcheck.finite_diff import Engine, ForwardModeUnavailable
 from jaxcheck.problem import Problem, build
 from jaxcheck.report import (
     Coordinate,
@@ -128,6 +131,10 @@ def check_grads(
     time_budget: float | None = DEFAULT_TIME_BUDGET,
     localize: bool = True,
     seed: int = 0,
+    modes: Sequence[str] = ("rev",),
+    order: int = 1,
+    outputs: str = "scalar",
+    cotangents: int = 3,
     batch_size: int | None = None,
     memory_budget: int | None = None,
     progress: bool | None = None,
@@ -183,6 +190,21 @@ def check_grads(
             coordinates.
         seed: seeds the sampling of coordinates and directions, so a failure
             is reproducible.
+        modes: which analytic derivatives to compare with finite differences:
+            "rev" (``jax.grad``) and/or "fwd" (``jax.jvp`` along each
+            coordinate or direction). Each gets its own part in the report,
+            and they are compared with each other. A ``jax.custom_vjp``
+            function has no forward rule: "fwd" is then skipped with a note.
+        order: 2 also checks Hessian-vector products (``jax.jvp`` of
+            ``jax.grad``) against centered differences of the gradient, along
+            every coordinate for small problems (the whole Hessian) and random
+            directions in every leaf otherwise.
+        outputs: "scalar" requires ``fn`` to return a scalar. For a
+            vector-valued ``fn``, "project" checks ``⟨w, fn⟩`` for
+            ``cotangents`` fixed random ``w``, and "jacobian" checks every
+            output entry (for small outputs); the report names the output
+            entries that disagree.
+        cotangents: how many random cotangents "project" uses.
         batch_size: perturbed evaluations per compiled call; None chooses it
             from the memory one evaluation needs.
         memory_budget: bytes one batch may use; None derives it from the device.
@@ -210,6 +232,37 @@ def check_grads(
     """
     start = time.perf_counter()
     _validate(mode, eps, nondet_tol, samples, directions, max_evaluations, time_budget)
+    derivatives = _validate_derivatives(modes, order, outputs, cotangents)
+    if outputs != "scalar":
+        return vector.check_outputs(
+            check_grads,
+            fn,
+            params,
+            args,
+            outputs=outputs,
+            cotangents=cotangents,
+            seed=seed,
+            key=key,
+            argnums=argnums,
+            has_aux=has_aux,
+            options=dict(
+                modes=modes,
+                order=order,
+                mode=mode,
+                eps=eps,
+                dtype=dtype,
+                nondet_tol=nondet_tol,
+                samples=samples,
+                directions=directions,
+                max_evaluations=max_evaluations,
+                time_budget=time_budget,
+                localize=localize,
+                seed=seed,
+                batch_size=batch_size,
+                memory_budget=memory_budget,
+                progress=progress,
+            ),
+        )
     measure = _measure_dtype(dtype)
 
     with _precision_scope(measure):
@@ -238,56 +291,215 @@ def check_grads(
         rtol = np.repeat(
             [t.correct for t in leaf_tols], [leaf.size for leaf in problem.leaves]
         ).astype(np.float64)
-        ctx = pb.Context(
-            problem=problem,
-            engine=engine,
-            g=g,
-            loss=loss,
-            eps=eps,
-            rtol=rtol,
-            rng=np.random.default_rng(seed),
-        )
+
+        def context(derivative: str) -> pb.Context:
+            return pb.Context(
+                problem=problem,
+                engine=engine,
+                g=g,
+                loss=loss,
+                eps=eps,
+                rtol=rtol,
+                rng=np.random.default_rng(seed),
+                derivative=derivative,
+            )
+
         if eps is not None:
-            _check_eps_representable(ctx)
+            _check_eps_representable(context("rev"))
 
-        chosen, notes = _choose_mode(mode, problem, max_evaluations)
-        coordinates, dirs, spent = [], pb.Probes.concat([]), 0
-        if "full" in chosen:
-            coordinates.append(pb.check_coordinates(ctx, np.arange(problem.size)))
-        if "directional" in chosen:
-            whole = (
-                len(problem.leaves) > 1
-                and len({str(leaf.real_dtype) for leaf in problem.leaves}) == 1
+        chosen, mode_notes = _choose_mode(mode, problem, max_evaluations)
+        plan = _Plan(chosen, mode, samples, directions, localize, time_budget, start)
+        parts, notes, probes = [], [], {}
+        for derivative in derivatives:
+            ctx = context(derivative)
+            try:
+                coords, dirs, found = _first_order(ctx, plan)
+            except ForwardModeUnavailable as error:
+                notes.append(_no_forward_mode(error))
+                continue
+            probes[derivative] = coords, dirs
+            report = _assemble(
+                ctx,
+                coords,
+                dirs,
+                leaf_tols,
+                mode_notes + found,
+                nondet_tol,
+                start,
+                "+".join(chosen),
             )
-            dirs = pb.check_directions(
-                ctx, *pb.random_directions(ctx, directions, whole)
+            parts.append((_LABELS[derivative], report))
+        if "rev" in probes and "fwd" in probes:
+            notes.append(_compare_derivatives(probes["rev"], probes["fwd"]))
+        if order == 2:
+            ctx = context("rev")
+            parts.append(
+                ("second order", _second_order(ctx, mode, directions, leaf_tols, start))
             )
-        if "sample" in chosen:
-            n_samples = samples or DEFAULT_SAMPLES
-            if mode == "auto" and samples is None and time_budget is not None:
-                n_samples = _fit_samples(
-                    engine, time_budget, start, len(problem.leaves)
-                )
-                notes.append(
-                    f"sampled about {n_samples:,} coordinates to fit time_budget="
-                    f"{time_budget:g} s; pass samples=... for a fixed number."
-                )
-            idx = pb.stratified_sample(ctx, n_samples)
-            coordinates.append(pb.check_coordinates(ctx, idx))
-        if "directional" in chosen and localize:
-            located, spent = _localise(ctx, dirs, coordinates)
-            if located is not None:
-                coordinates.append(located)
-        coords = _unique(pb.Probes.concat(coordinates))
-        if spent:
-            notes.append(
-                f"bisection spent {spent} direction probes narrowing failing leaves "
-                "down to the coordinates in report.worst."
-            )
+        return _combine(parts, notes, engine, start)
 
-        return _assemble(
-            ctx, coords, dirs, leaf_tols, notes, nondet_tol, start, "+".join(chosen)
+
+_LABELS = {"rev": "reverse mode (jax.grad)", "fwd": "forward mode (jax.jvp)"}
+
+
+def _validate_derivatives(modes, order, outputs, cotangents) -> tuple[str, ...]:
+    if isinstance(modes, str):
+        modes = (modes,)
+    modes = tuple(modes)
+    if (
+        not modes
+        or any(m not in _LABELS for m in modes)
+        or len(set(modes)) != len(modes)
+    ):
+        raise ValueError(
+            f"modes must be a non-empty tuple of distinct entries from ('rev', "
+            f"'fwd'); received {modes!r}."
         )
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2; received {order!r}.")
+    if outputs not in vector.OUTPUTS:
+        raise ValueError(
+            f"outputs must be one of {vector.OUTPUTS}; received {outputs!r}."
+        )
+    if not isinstance(cotangents, int) or cotangents < 1:
+        raise ValueError(
+            f"cotangents must be a positive integer; received {cotangents!r}."
+        )
+    return modes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    chosen: list[str]
+    mode: str
+    samples: int | None
+    directions: int
+    localize: bool
+    time_budget: float | None
+    start: float
+
+
+def _first_order(ctx: pb.Context, plan: _Plan):
+    """Runs the probes of the chosen modes; returns them and their notes."""
+    problem, engine = ctx.problem, ctx.engine
+    notes: list[str] = []
+    coordinates, dirs, spent = [], pb.Probes.concat([]), 0
+    if "full" in plan.chosen:
+        coordinates.append(pb.check_coordinates(ctx, np.arange(problem.size)))
+    if "directional" in plan.chosen:
+        whole = (
+            len(problem.leaves) > 1
+            and len({str(leaf.real_dtype) for leaf in problem.leaves}) == 1
+        )
+        dirs = pb.check_directions(
+            ctx, *pb.random_directions(ctx, plan.directions, whole)
+        )
+    if "sample" in plan.chosen:
+        n_samples = plan.samples or DEFAULT_SAMPLES
+        if plan.mode == "auto" and plan.samples is None and plan.time_budget:
+            n_samples = _fit_samples(
+                engine, plan.time_budget, plan.start, len(problem.leaves)
+            )
+            notes.append(
+                f"sampled about {n_samples:,} coordinates to fit time_budget="
+                f"{plan.time_budget:g} s; pass samples=... for a fixed number."
+            )
+        coordinates.append(
+            pb.check_coordinates(ctx, pb.stratified_sample(ctx, n_samples))
+        )
+    if "directional" in plan.chosen and plan.localize:
+        located, spent = _localise(ctx, dirs, coordinates)
+        if located is not None:
+            coordinates.append(located)
+    if spent:
+        notes.append(
+            f"bisection spent {spent} direction probes narrowing failing leaves "
+            "down to the coordinates in report.worst."
+        )
+    return _unique(pb.Probes.concat(coordinates)), dirs, notes
+
+
+def _no_forward_mode(error: Exception) -> str:
+    return (
+        "forward mode was not checked: fn cannot be differentiated with jax.jvp "
+        "(it uses jax.custom_vjp, which defines only a reverse-mode rule); reverse "
+        f"mode was checked. JAX said: {str(error).splitlines()[0]}"
+    )
+
+
+def _compare_derivatives(rev, fwd) -> str:
+    """How closely jax.grad and jax.jvp agree on the same probes."""
+    parts = []
+    for a, b in zip(rev, fwd, strict=True):
+        if len(a.analytic):
+            parts.append((a.analytic, b.analytic))
+    ra = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+    fa = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
+    err = vd.relative_error(fa, ra)
+    if err <= 1e-10:
+        return (
+            "forward and reverse mode agree with each other (relative error "
+            f"{err:.1e})."
+        )
+    worst = int(np.argmax(np.abs(ra - fa))) if len(ra) else 0
+    return (
+        f"forward and reverse mode disagree with each other (relative error "
+        f"{err:.1e}; largest difference {abs(ra[worst] - fa[worst]):.3g}); the part "
+        "whose verdict is worse is the one with the wrong derivative."
+    )
+
+
+def _combine(parts, notes, engine, start) -> GradCheckReport:
+    """One report from the parts: the worst verdict, the first part's detail."""
+    primary = parts[0][1]
+    if len(parts) == 1 and not notes:
+        return dataclasses.replace(
+            primary,
+            seconds=time.perf_counter() - start,
+            evaluations=engine.evaluations,
+            compile_seconds=engine.compile_seconds,
+        )
+    verdict = Verdict.worst([part.verdict for _, part in parts])
+    return dataclasses.replace(
+        primary,
+        verdict=verdict,
+        passed=verdict.passed,
+        notes=primary.notes + tuple(notes),
+        parts=tuple(parts),
+        seconds=time.perf_counter() - start,
+        evaluations=engine.evaluations,
+        compile_seconds=engine.compile_seconds,
+    )
+
+
+def _second_order(ctx, mode, directions, leaf_tols, start) -> GradCheckReport:
+    n = ctx.problem.size
+    if mode == "full" or (mode == "auto" and n <= so.FULL_HESSIAN_MAX):
+        full = True
+    else:
+        full = False
+    lo, hi, seeds = so.hessian_directions(ctx, directions, full)
+    h = so.check_hessian(ctx, lo, hi, seeds)
+    rows, columns = so.as_probes(ctx.problem, h)
+    what = "every column" if full else f"{len(lo)} random directions"
+    note = f"{so.describe_method(h.method)}, along {what}."
+    report = _assemble(
+        ctx,
+        rows,
+        pb.Probes.concat([]),
+        leaf_tols,
+        [note],
+        float("inf"),
+        start,
+        "hessian",
+    )
+    worst = []
+    for j in _order(rows)[:_WORST]:
+        c = columns[j]
+        coordinate = _coordinate(ctx.problem, rows, int(j))
+        label = so.column_label(ctx.problem, int(h.lo[c]), int(h.hi[c]), int(h.seed[c]))
+        worst.append(dataclasses.replace(coordinate, column=label))
+    return dataclasses.replace(report, worst=tuple(worst), kinks=())
 
 
 def _require_finite(problem: Problem, loss: float, g: np.ndarray) -> None:

@@ -61,6 +61,11 @@ _GROUP_SHARE = 8
 _GROUP_LEAF_MAX = 1 << 16
 NULLS_PER_GROUP = 2
 COORDINATE, DIRECTION = "coordinate", "direction"
+JVP_COORDINATE, JVP_DIRECTION = "jvp_coordinate", "jvp_direction"
+
+
+class ForwardModeUnavailable(Exception):
+    """``fn`` cannot be differentiated in forward mode (a ``jax.custom_vjp``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +125,13 @@ def signs(seed: jax.Array, n: int, dtype: Any) -> jax.Array:
     return 1 - 2 * (h >> 31).astype(dtype)
 
 
+def direction_vector(where, lo, hi, seed, dtype):
+    """The ±1/√m direction on ``[lo, hi)`` drawn from ``seed``, zero elsewhere."""
+    inside = (where >= lo) & (where < hi)
+    count = jnp.maximum(hi - lo, 1).astype(dtype)
+    return jnp.where(inside, signs(seed, where.size, dtype), 0) / jnp.sqrt(count)
+
+
 def _make_direction(structure: Structure, members: tuple[_Member, ...]):
     """``(vector, grad, lo, hi, seed, step, ...) -> (losses, ⟨g, Δ⟩, ‖Δ‖)``.
 
@@ -134,9 +146,7 @@ def _make_direction(structure: Structure, members: tuple[_Member, ...]):
         wide = jnp.promote_types(vector.dtype, jnp.float32)
 
         def one(lo, hi, seed, step):
-            inside = (where >= lo) & (where < hi)
-            count = jnp.maximum(hi - lo, 1).astype(wide)
-            v = jnp.where(inside, signs(seed, vector.size, wide), 0) / jnp.sqrt(count)
+            v = direction_vector(where, lo, hi, seed, wide)
             moved = (vector.astype(wide) + step.astype(wide) * v).astype(vector.dtype)
             shift = moved.astype(wide) - vector.astype(wide)
             loss = _assemble(structure, members, moved, others, fixed, key)
@@ -147,7 +157,60 @@ def _make_direction(structure: Structure, members: tuple[_Member, ...]):
     return evaluate
 
 
-_MAKERS = {COORDINATE: _make_coordinate, DIRECTION: _make_direction}
+def _make_jvp_coordinate(structure: Structure, members: tuple[_Member, ...]):
+    """``(vector, pos, others, fixed, key) -> ∂J/∂θ_pos`` by forward mode."""
+
+    def evaluate(vector, pos, others, fixed, key):
+        where = jnp.arange(vector.size, dtype=pos.dtype)
+
+        def loss(v):
+            return _assemble(structure, members, v, others, fixed, key)
+
+        def one(p):
+            tangent = (where == p).astype(vector.dtype)
+            return jax.jvp(loss, (vector,), (tangent,))[1]
+
+        return jax.vmap(one)(pos)
+
+    return evaluate
+
+
+def _make_jvp_direction(structure: Structure, members: tuple[_Member, ...]):
+    """``(vector, lo, hi, seed, ...) -> ⟨∇J, v⟩`` by forward mode."""
+
+    def evaluate(vector, lo, hi, seed, others, fixed, key):
+        where = jnp.arange(vector.size, dtype=lo.dtype)
+        wide = jnp.promote_types(vector.dtype, jnp.float32)
+
+        def loss(v):
+            return _assemble(structure, members, v, others, fixed, key)
+
+        def one(lo, hi, seed):
+            v = direction_vector(where, lo, hi, seed, wide).astype(vector.dtype)
+            return jax.jvp(loss, (vector,), (v,))[1]
+
+        return jax.vmap(one)(lo, hi, seed)
+
+    return evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    """How one kind of probe is compiled and fed."""
+
+    make: Callable[..., Any]
+    points: tuple[int, ...]  # positions of the per-probe arguments
+    outputs: int  # arrays returned per probe
+    with_grad: bool  # whether the gradient follows the vector in the inputs
+    loss: bool  # whether the first output is the loss (padding measures J(θ))
+
+
+_KINDS = {
+    COORDINATE: _Kind(_make_coordinate, (1, 2), 1, False, True),
+    DIRECTION: _Kind(_make_direction, (2, 3, 4, 5), 3, True, True),
+    JVP_COORDINATE: _Kind(_make_jvp_coordinate, (1,), 1, False, False),
+    JVP_DIRECTION: _Kind(_make_jvp_direction, (1, 2, 3), 1, False, False),
+}
 
 
 @dataclasses.dataclass
@@ -377,6 +440,7 @@ class Engine:
         self._eval_bytes = 0
         self._groups: list[_Group] | None = None
         self._whole: _Group | None = None
+        self._memo: dict[tuple[Any, ...], Any] = {}
         n = len(problem.leaves)
         self._leaf_group = np.zeros(n, dtype=np.int64)
         self._leaf_start = np.zeros(n, dtype=np.int64)
@@ -459,7 +523,8 @@ class Engine:
         devices = self.placement.count
         if self.batch_size is not None:
             return _round_up(int(self.batch_size), devices)
-        copies = 1 if kind == COORDINATE else 3  # signs and shift, for directions
+        # Directions hold their signs and shift too; forward mode a tangent.
+        copies = {COORDINATE: 1, DIRECTION: 3}.get(kind, 2)
         per_point = copies * group.vector.nbytes + self._eval_bytes
         on_cpu = self.placement.devices[0].platform == "cpu"
         target = _CPU_CHUNK_BYTES if on_cpu else _ACCELERATOR_CHUNK_BYTES
@@ -473,12 +538,17 @@ class Engine:
             key = (kind, group.members, self.placement.count)
             jitted = self.bundle.jitted.get(key)
             if jitted is None:
-                fn = _MAKERS[kind](self.problem.structure, group.members)
-                points = (1, 2) if kind == COORDINATE else (2, 3, 4, 5)
-                jitted = self.placement.jit(fn, points, len(args))
+                spec = _KINDS[kind]
+                fn = spec.make(self.problem.structure, group.members)
+                jitted = self.placement.jit(fn, spec.points, len(args))
                 self.bundle.jitted[key] = jitted
             signature = (key, _signature(args))
-            group.executables[kind] = self._compile(signature, jitted, args)
+            try:
+                group.executables[kind] = self._compile(signature, jitted, args)
+            except TypeError as error:
+                if kind in (JVP_COORDINATE, JVP_DIRECTION) and "jvp" in str(error):
+                    raise ForwardModeUnavailable(str(error)) from None
+                raise
         return group.executables[kind]
 
     def _shared(self, group: _Group) -> tuple[Any, Any, Any]:
@@ -506,6 +576,7 @@ class Engine:
         progress: _Progress,
     ) -> list[np.ndarray]:
         """Evaluates ``points`` (arrays of per-probe inputs) in chunks."""
+        spec = _KINDS[kind]
         n = len(points[0])
         if kind not in group.batch:
             total = 2 * group.size if kind == COORDINATE else n
@@ -520,7 +591,7 @@ class Engine:
 
         others, fixed, key = self._shared(group)
         head = [group.placed["vector"]]
-        if kind == DIRECTION:
+        if spec.with_grad:
             if "grad" not in group.placed:
                 grad = np.concatenate(
                     [self.grad[self._range(m.leaf)] for m in group.members]
@@ -541,24 +612,27 @@ class Engine:
             if progress.blocking:
                 jax.block_until_ready(out)
                 progress.update(b)
+        gather = self.placement.gather
         outs = [
-            np.concatenate(
-                [np.asarray(r[i] if kind == DIRECTION else r) for r in results]
-            )
-            for i in range(3 if kind == DIRECTION else 1)
+            np.concatenate([gather(r[i] if spec.outputs > 1 else r) for r in results])
+            for i in range(spec.outputs)
         ]
         outs = [o.astype(np.float64) for o in outs]
-        self.run_seconds[kind] += time.perf_counter() - started
-        self.run_evaluations[kind] += padded
+        self.run_seconds[kind] = self.run_seconds.get(kind, 0.0) + (
+            time.perf_counter() - started
+        )
+        self.run_evaluations[kind] = self.run_evaluations.get(kind, 0) + padded
         self.evaluations += padded
-        self.nulls.append(outs[0][n:])
-        group.base = float(outs[0][n])
+        if spec.loss:
+            self.nulls.append(outs[0][n:])
+            group.base = float(outs[0][n])
         return [o[:n] for o in outs]
 
     def seconds_per_evaluation(self) -> float | None:
-        """Measured wall time of one batched evaluation, or None before any."""
-        n = sum(self.run_evaluations.values())
-        return sum(self.run_seconds.values()) / n if n else None
+        """Measured wall time of one batched loss evaluation, or None before any."""
+        kinds = (COORDINATE, DIRECTION)
+        n = sum(self.run_evaluations.get(k, 0) for k in kinds)
+        return sum(self.run_seconds.get(k, 0.0) for k in kinds) / n if n else None
 
     def _range(self, k: int) -> slice:
         leaf = self.problem.leaves[k]
@@ -567,38 +641,68 @@ class Engine:
     def _progress(self, total: int) -> _Progress:
         return _Progress(total, self.progress)
 
-    def evaluate(self, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """The loss at θ with ``θ[flat_index[j]] = values[j]``, for every ``j``."""
+    def _locate(self, flat_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The group of each flat coordinate, and its position in the group."""
         if self._groups is None:
             self._build_groups()
-        flat_index = np.asarray(flat_index, dtype=np.int64)
-        values = np.asarray(values)
-        out = np.empty(len(flat_index), dtype=np.float64)
-        if not len(flat_index):
-            return out
-
         offsets = self.problem.offsets
         leaf_of = np.searchsorted(offsets, flat_index, side="right") - 1
-        group_of = self._leaf_group[leaf_of]
         pos = self._leaf_start[leaf_of] + flat_index - offsets[leaf_of]
-        progress = self._progress(len(flat_index))
+        return self._leaf_group[leaf_of], pos
+
+    def _locate_ranges(self, lo: np.ndarray, hi: np.ndarray):
+        """The group of each direction's range (-1: all leaves), shifted into it."""
+        group_of, start = self._locate(lo)
+        offsets = self.problem.offsets
+        leaf_of = np.searchsorted(offsets, lo, side="right") - 1
+        sizes = np.array([leaf.size for leaf in self.problem.leaves])
+        whole = (lo == 0) & (hi == self.problem.size)
+        if not np.all(whole | (hi <= offsets[leaf_of] + sizes[leaf_of])):
+            raise ValueError("a direction must lie inside one leaf or cover them all")
+        shift = np.where(whole, 0, start - lo)
+        group_of = np.where(whole, -1, group_of)
+        return group_of, (lo + shift).astype(np.int32), (hi + shift).astype(np.int32)
+
+    def _each_group(self, group_of: np.ndarray, kind: str, inputs, nulls, n_out: int):
+        """Runs ``kind`` probes group by group; returns ``n_out`` aligned arrays."""
+        outs = [np.empty(len(group_of), dtype=np.float64) for _ in range(n_out)]
+        progress = self._progress(len(group_of))
         try:
-            for gi, group in enumerate(self._groups):
+            for gi in np.unique(group_of):
                 mine = np.flatnonzero(group_of == gi)
-                if not len(mine):
-                    continue
-                vals = values[mine].astype(group.vector.dtype)
-                nulls = [0, group.vector[0]]
-                (out[mine],) = self._run(
-                    group,
-                    COORDINATE,
-                    [pos[mine].astype(np.int32), vals],
-                    nulls,
-                    progress,
-                )
+                group = self._whole_group() if gi < 0 else self._groups[gi]
+                values = [x(group)[mine] if callable(x) else x[mine] for x in inputs]
+                results = self._run(group, kind, values, nulls(group), progress)
+                for out, r in zip(outs, results, strict=False):
+                    out[mine] = r
+                if n_out > len(results):
+                    outs[-1][mine] = group.base
         finally:
             progress.close()
-        return out
+        return outs
+
+    def evaluate(self, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The loss at θ with ``θ[flat_index[j]] = values[j]``, for every ``j``.
+
+        Points already evaluated in this check are not evaluated again.
+        """
+        flat_index = np.asarray(flat_index, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        keys = list(zip(flat_index.tolist(), values.tolist(), strict=True))
+        todo = np.array([k not in self._memo for k in keys], dtype=bool)
+        if todo.any():
+            group_of, pos = self._locate(flat_index[todo])
+            wanted = values[todo]
+            (fresh,) = self._each_group(
+                group_of,
+                COORDINATE,
+                [pos.astype(np.int32), lambda g: wanted.astype(g.vector.dtype)],
+                lambda g: [0, g.vector[0]],
+                1,
+            )
+            for k, f in zip(np.flatnonzero(todo), fresh, strict=True):
+                self._memo[keys[k]] = float(f)
+        return np.array([self._memo[k] for k in keys], dtype=np.float64)
 
     def evaluate_directions(
         self, lo: np.ndarray, hi: np.ndarray, seeds: np.ndarray, steps: np.ndarray
@@ -609,49 +713,60 @@ class Engine:
         drawn from ``seeds[j]``; a range is inside one leaf, or covers every
         coordinate. Returns the losses, the projections ``⟨g, Δ⟩`` of the
         analytic gradient on the displacements made, their norms ``‖Δ‖``, and
-        J(θ) as computed by the same compiled function.
+        J(θ) as computed by the same compiled function. Directions already
+        evaluated in this check are not evaluated again.
         """
-        if self._groups is None:
-            self._build_groups()
         lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
-        n = len(lo)
-        outs = [np.empty(n, dtype=np.float64) for _ in range(4)]
-        if not n:
-            return tuple(outs)
-
-        offsets = self.problem.offsets
-        leaf_of = np.searchsorted(offsets, lo, side="right") - 1
-        whole = (lo == 0) & (hi == self.problem.size)
-        within = hi <= offsets[leaf_of] + np.array(
-            [self.problem.leaves[k].size for k in leaf_of]
+        seeds = np.asarray(seeds, np.int64)
+        steps = np.asarray(steps, np.float64)
+        keys = list(
+            zip(lo.tolist(), hi.tolist(), seeds.tolist(), steps.tolist(), strict=True)
         )
-        if not np.all(whole | within):
-            raise ValueError("a direction must lie inside one leaf or cover them all")
-        group_of = np.where(whole, -1, self._leaf_group[leaf_of])
-        shift = np.where(whole, 0, self._leaf_start[leaf_of] - offsets[leaf_of])
-        progress = self._progress(n)
-        try:
-            for gi in np.unique(group_of):
-                mine = np.flatnonzero(group_of == gi)
-                group = self._whole_group() if gi < 0 else self._groups[gi]
-                results = self._run(
-                    group,
-                    DIRECTION,
-                    [
-                        (lo[mine] + shift[mine]).astype(np.int32),
-                        (hi[mine] + shift[mine]).astype(np.int32),
-                        np.asarray(seeds, np.uint32)[mine],
-                        np.asarray(steps, np.float64)[mine],
-                    ],
-                    [0, 1, 0, 0.0],
-                    progress,
-                )
-                for out, r in zip(outs, results, strict=False):
-                    out[mine] = r
-                outs[3][mine] = group.base
-        finally:
-            progress.close()
-        return tuple(outs)
+        todo = np.array([k not in self._memo for k in keys], dtype=bool)
+        if todo.any():
+            group_of, a, b = self._locate_ranges(lo[todo], hi[todo])
+            fresh = self._each_group(
+                group_of,
+                DIRECTION,
+                [a, b, seeds[todo].astype(np.uint32), steps[todo]],
+                lambda g: [0, 1, 0, 0.0],
+                4,
+            )
+            for j, k in enumerate(np.flatnonzero(todo)):
+                self._memo[keys[k]] = tuple(float(out[j]) for out in fresh)
+        table = np.array([self._memo[k] for k in keys], dtype=np.float64)
+        table = table.reshape(len(keys), 4)
+        return tuple(table[:, i] for i in range(4))
+
+    def jvp_coordinates(self, flat_index: np.ndarray) -> np.ndarray:
+        """``∂J/∂θᵢ`` for each flat index, by forward mode (``jax.jvp``).
+
+        Raises:
+            ForwardModeUnavailable: if ``fn`` has no forward-mode rule.
+        """
+        flat_index = np.asarray(flat_index, dtype=np.int64)
+        group_of, pos = self._locate(flat_index)
+        (out,) = self._each_group(
+            group_of, JVP_COORDINATE, [pos.astype(np.int32)], lambda g: [0], 1
+        )
+        return out
+
+    def jvp_directions(
+        self, lo: np.ndarray, hi: np.ndarray, seeds: np.ndarray
+    ) -> np.ndarray:
+        """``⟨∇J, v⟩`` for each direction (as in ``evaluate_directions``), by
+        forward mode.
+
+        Raises:
+            ForwardModeUnavailable: if ``fn`` has no forward-mode rule.
+        """
+        lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
+        group_of, a, b = self._locate_ranges(lo, hi)
+        seeds = np.asarray(seeds, np.int64).astype(np.uint32)
+        (out,) = self._each_group(
+            group_of, JVP_DIRECTION, [a, b, seeds], lambda g: [0, 1, 0], 1
+        )
+        return out
 
     def _whole_group(self) -> _Group:
         """All checked leaves as one group, for directions over the whole tree."""

@@ -19,6 +19,7 @@ __all__ = [
     "get_activation",
     "mlp",
     "softmax_cross_entropy",
+    "straight_through",
 ]
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -216,3 +217,38 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     import optax
 
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def straight_through(
+    x: jax.Array, forward: Activation = jnp.round, exact: bool = False
+) -> jax.Array:
+    """``forward(x)`` in the forward pass, with the gradient of the identity.
+
+    The straight-through estimator: a non-differentiable step (rounding,
+    quantisation, sampling) whose backward pass deliberately passes the
+    cotangent through unchanged. Its gradient is a *surrogate*: it is not the
+    derivative of the function computed, so a gradient check of a loss using
+    it is expected to fail. Declare the surrogate by giving the model a switch:
+    with ``exact=True`` this returns ``x`` itself, the function whose
+    derivative the surrogate is, and a check of the loss with the switch on
+    verifies everything around the surrogate.
+
+    Args:
+        x: the input.
+        forward: the step applied in the forward pass.
+        exact: return ``x`` unchanged, for gradient checks.
+
+    Returns:
+        An array like ``x``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxcheck.nn import straight_through
+        >>> straight_through(jnp.array([0.2, 1.7]))
+        Array([0., 2.], dtype=float32)
+        >>> jax.grad(lambda x: straight_through(x).sum())(jnp.array([0.2, 1.7]))
+        Array([1., 1.], dtype=float32)
+    """
+    if exact:
+        return x
+    return x + jax.lax.stop_gradient(forward(x) - x)

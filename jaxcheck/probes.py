@@ -54,6 +54,7 @@ class Context:
     eps: float | None
     rtol: np.ndarray  # per coordinate: the "correct" tolerance of its dtype
     rng: np.random.Generator
+    derivative: str = "rev"  # where the analytic side comes from: "rev" or "fwd"
 
     @property
     def loss_dtype(self) -> np.dtype:
@@ -205,7 +206,10 @@ def check_coordinates(ctx: Context, idx: np.ndarray) -> Probes:
     def second(again):
         return _coordinate_evidence(ctx, idx[again], vd.REFINE)
 
-    analytic = ctx.g[idx]
+    if ctx.derivative == "fwd":
+        analytic = ctx.engine.jvp_coordinates(idx)
+    else:
+        analytic = ctx.g[idx]
     leaves = ctx.leaf_of(idx)
     status, numerical, noise = _judge(
         first, second, analytic, ctx.rtol[idx], leaves, ctx
@@ -265,6 +269,8 @@ def check_directions(
     lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
     seeds = np.asarray(seeds, np.int64)
     first, analytic = _direction_evidence(ctx, lo, hi, seeds, 1.0)
+    if ctx.derivative == "fwd":
+        analytic = ctx.engine.jvp_directions(lo, hi, seeds)
 
     def second(again):
         return _direction_evidence(ctx, lo[again], hi[again], seeds[again], vd.REFINE)[

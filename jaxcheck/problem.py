@@ -214,7 +214,9 @@ def _validate_loss(loss: Any, has_aux: bool) -> None:
         raise ValueError(
             f"fn must return a scalar loss; it returned an array of shape {shape}. "
             "Reduce it to a scalar (for example `jnp.sum(out * w)` with a fixed "
-            f"random `w`, a projection that still checks every output).{hint}"
+            "random `w`, a projection that still checks every output), or check "
+            "it as a vector-valued function with outputs='project' or "
+            f"outputs='jacobian'.{hint}"
         )
     if jnp.issubdtype(dtype, jnp.complexfloating):
         raise ValueError(

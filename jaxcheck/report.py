@@ -127,6 +127,10 @@ class Coordinate:
         numerical: the centered finite difference.
         part: "real" or "imag" for a complex leaf, else None.
         step: the ε used for this coordinate.
+        column: for a second derivative, the coordinate (or direction) it is
+            taken along; the entry is then the Hessian's (row, column).
+        output: for a vector-valued function, the output entry (or cotangent)
+            the derivative belongs to.
     """
 
     path: str
@@ -135,6 +139,8 @@ class Coordinate:
     numerical: float
     part: str | None = None
     step: float = float("nan")
+    column: str | None = None
+    output: str | None = None
 
     @property
     def abs_error(self) -> float:
@@ -147,13 +153,20 @@ class Coordinate:
 
     @property
     def location(self) -> str:
-        return _path_str(self.path) + _index_str(self.index, self.part)
+        where = _path_str(self.path) + _index_str(self.index, self.part)
+        if self.column is not None:
+            where += f" × {self.column}"
+        if self.output is not None:
+            where = f"{self.output} wrt {where}"
+        return where
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "index": list(self.index),
             "part": self.part,
+            "column": self.column,
+            "output": self.output,
             "analytic": self.analytic,
             "numerical": self.numerical,
             "abs_error": self.abs_error,
@@ -273,6 +286,10 @@ class GradCheckReport:
             the loss at the same point (0 for a deterministic ``fn``).
         notes: remarks that qualify the verdict.
         tolerances: the thresholds the verdict used.
+        parts: for checks of several things at once (forward and reverse
+            mode, second order, several outputs), a labelled report for each;
+            the verdict is the worst of them, and the other fields describe the
+            first.
     """
 
     verdict: Verdict
@@ -295,6 +312,7 @@ class GradCheckReport:
     nondeterminism: float
     notes: tuple[str, ...]
     tolerances: Tolerances
+    parts: tuple[tuple[str, GradCheckReport], ...] = ()
 
     @property
     def checked(self) -> int:
@@ -329,6 +347,9 @@ class GradCheckReport:
             "nondeterminism": self.nondeterminism,
             "notes": list(self.notes),
             "tolerances": dataclasses.asdict(self.tolerances),
+            "parts": [
+                {"label": label, "report": part.to_dict()} for label, part in self.parts
+            ],
         }
         return json.loads(json.dumps(d, default=_json_default))
 
@@ -375,6 +396,16 @@ def render(report: GradCheckReport, max_leaves: int = 40) -> str:
         f"  {r.checked:,} of {r.size:,} coordinates{dirs} checked, mode {r.mode}, "
         f"{dtype}",
     ]
+
+    if r.parts:
+        head += ["", "  what was checked:"]
+        rows = [["part", "verdict", "rel. error", "worst"]]
+        for label, part in r.parts:
+            worst = part.worst[0].location if part.worst else ""
+            rows.append([label, part.verdict.name, _fmt(part.relative_error), worst])
+        head += _table(rows, right={2})
+        if len(r.parts) > 1:
+            head += ["", f"  {r.parts[0][0]}, in detail:"]
 
     checked = "checked"
     if r.directions:
@@ -452,6 +483,21 @@ def render(report: GradCheckReport, max_leaves: int = 40) -> str:
         body += ["", f"  not checked: {shown}{more}"]
     for note in r.notes:
         body += ["", f"  note: {note}"]
+    for label, part in r.parts[1:]:
+        if part.passed or not part.worst:
+            continue
+        body += ["", f"  {label}, worst entries:"]
+        rows = [["where", "analytic", "numerical", "rel. error"]]
+        for c in part.worst[:5]:
+            rows.append(
+                [
+                    c.location,
+                    f"{c.analytic:+.6e}",
+                    f"{c.numerical:+.6e}",
+                    _fmt(c.rel_error),
+                ]
+            )
+        body += _table(rows, right={1, 2, 3})
 
     step = (
         f"eps {r.eps:.2e} × max(|θ|, 1)"
