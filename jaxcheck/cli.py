@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxcheck import models
+from jaxcheck import flow, models
 from jaxcheck.check import check_grads
 from jaxcheck.models import Example
 
@@ -60,6 +60,18 @@ def demo(out=sys.stdout) -> int:
         kwargs = {**example.check_kwargs(), **(options[0] if options else {})}
         report = check_grads(example.fn, example.params, *example.args, **kwargs)
         print(report, file=out)
+
+    print(_rule("Gradient health: 150 layers, one row per initialisation"), file=out)
+    print(
+        "Right is not the same as healthy. For freshly initialised 150-layer "
+        "networks, the ratio of the backpropagated signal at the input to the "
+        "one at the output, for three seeds, beside the mean-field prediction. "
+        "The weight-gradient column shows why looking only at weight gradients "
+        "misses the effect in linear nets.",
+        file=out,
+    )
+    print(file=out)
+    print(flow.seed_experiment(), file=out)
     return 0
 
 
