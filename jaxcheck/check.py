@@ -151,9 +151,11 @@ def check_grads(
     Args:
         fn: the loss, called as ``fn(params, *args)`` (or with ``key=key``); it
             returns a real scalar, or ``(scalar, aux)`` with ``has_aux``.
-        params: any pytree. Floating and complex leaves are checked; integer,
-            boolean and PRNG-key leaves and non-array leaves are left alone and
-            listed in ``report.unchecked``.
+        params: any pytree, such as a dict of arrays, a Flax ``nnx.State`` or
+            variable dict, or an Equinox module. Floating and complex leaves are
+            checked; integer, boolean and PRNG-key leaves and non-array leaves
+            (functions, strings, and Python floats inside an Equinox module)
+            are left alone and listed in ``report.unchecked``.
         *args: further arguments of ``fn`` (inputs, labels), held fixed.
         key: a PRNG key passed to ``fn`` as ``key=key`` for the analytic
             gradient and for every perturbed evaluation alike, so stochastic
@@ -800,6 +802,9 @@ def assert_grads(fn: Callable[..., Any], params: Any, *args: Any, **kwargs: Any)
         >>> jc.assert_grads(lambda w: jnp.sum(jnp.sin(w)), jnp.arange(3.0)).verdict
         <Verdict.CORRECT: 'correct'>
     """
+    # pytest shows a failure at the caller's line, without this frame's
+    # arguments (the parameter arrays) in the traceback.
+    __tracebackhide__ = True
     report = check_grads(fn, params, *args, **kwargs)
     if not report.passed:
         raise GradCheckError(report)

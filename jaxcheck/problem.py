@@ -4,7 +4,10 @@
 fixed. Every leaf of the positional arguments falls in one of three roles:
 
 * **checked**: a floating or complex array (or a Python float) inside the
-  differentiated argument(s). These are perturbed and compared.
+  differentiated argument(s). These are perturbed and compared. A Python float
+  that is a field of an Equinox module is a hyperparameter (the rate of
+  ``eqx.nn.Dropout``), not a parameter: like ``eqx.is_inexact_array``, the
+  check leaves it alone.
 * **fixed array**: any other array (inputs, labels, integer and boolean leaves,
   PRNG keys, floating arrays outside the differentiated argument). They are
   passed to the compiled functions as arguments and never perturbed.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -104,12 +108,41 @@ def _cast(x: Any, dtype: np.dtype) -> jax.Array:
     return jnp.asarray(np.asarray(x).astype(dtype))
 
 
-def _describe(x: Any) -> str:
+def _describe(x: Any, in_module: bool = False) -> str:
+    if in_module and isinstance(x, float | complex):
+        return (
+            f"{type(x).__name__} field of an Equinox module (a hyperparameter, "
+            "not an array)"
+        )
     if _is_key(x):
         return "PRNG key (never perturbed)"
     if _is_array(x):
         return f"{x.dtype} array (not differentiable)"
     return f"{type(x).__name__} (not an array)"
+
+
+def _is_equinox_module(x: Any) -> bool:
+    # Equinox is optional: a module can only be given if it has been imported.
+    eqx = sys.modules.get("equinox")
+    module = getattr(eqx, "Module", None)
+    return module is not None and isinstance(x, module)
+
+
+def _flatten(tree: Any) -> tuple[list[tuple[Any, Any, bool]], Any]:
+    """``(path, leaf, inside an Equinox module)`` for every leaf, and the treedef.
+
+    The leaves come in ``jax.tree_util.tree_flatten`` order.
+    """
+    treedef = jtu.tree_structure(tree)
+    outer = jtu.tree_flatten_with_path(tree, is_leaf=_is_equinox_module)[0]
+    flat = []
+    for path, x in outer:
+        if _is_equinox_module(x):
+            inner = jtu.tree_flatten_with_path(x)[0]
+            flat += [((*path, *p), y, True) for p, y in inner]
+        else:
+            flat.append((path, x, False))
+    return flat, treedef
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -340,14 +373,15 @@ def build(
                 "or do not pass key."
             )
 
-    flat, treedef = jtu.tree_flatten_with_path(all_args)
+    flat, treedef = _flatten(all_args)
     roles, statics, fixed, checked = [], [], [], []
     leaves, skipped, complex_leaves = [], [], []
     offset = 0
-    for path, x in flat:
+    for path, x, in_module in flat:
         in_target = path[0].idx in positions
         shown = jtu.keystr(path if len(positions) > 1 else path[1:])
-        if in_target and _is_inexact(x):
+        hyperparameter = in_module and not _is_array(x)
+        if in_target and _is_inexact(x) and not hyperparameter:
             x = x if _is_array(x) else jnp.asarray(x)
             dtype = _target_dtype(x.dtype, measure_dtype)
             value = _cast(x, dtype)
@@ -367,7 +401,7 @@ def build(
             complex_leaves.append(leaf.is_complex)
             continue
         if in_target:
-            skipped.append(Skipped(shown, _describe(x)))
+            skipped.append(Skipped(shown, _describe(x, in_module)))
         if _is_array(x):
             if measure_dtype is not None and _is_inexact(x):
                 x = _cast(x, _target_dtype(x.dtype, measure_dtype))

@@ -356,6 +356,45 @@ class GradCheckReport:
     def __str__(self) -> str:
         return render(self)
 
+    def __repr__(self) -> str:
+        """A one-line summary; ``str(report)`` is the full table.
+
+        Kept short so that a failing ``assert report.passed`` in a test, or a
+        report shown in a list, does not print every leaf and coordinate.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> import jaxcheck as jc
+            >>> jc.check_grads(lambda w: jnp.sum(w**2), jnp.ones(3))
+            GradCheckReport(CORRECT, relative error 0, 3 of 3 coordinates, mode full)
+        """
+        where = ""
+        if self.worst and not self.passed:
+            where = f", worst at {self.worst[0].location}"
+        return (
+            f"GradCheckReport({self.verdict.name}, relative error "
+            f"{_fmt(self.relative_error)}, {self.checked:,} of {self.size:,} "
+            f"coordinates, mode {self.mode}{where})"
+        )
+
+    def summary(self) -> str:
+        """The verdict and the worst coordinate, in one line.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> import jaxcheck as jc
+            >>> jc.check_grads(lambda w: jnp.sum(w**2), jnp.ones(2)).summary()
+            'CORRECT (relative error 0)'
+        """
+        line = f"{self.verdict.name} (relative error {_fmt(self.relative_error)})"
+        if self.worst and not self.passed:
+            c = self.worst[0]
+            line += (
+                f" at {c.location}: analytic {c.analytic:+.6e}, numerical "
+                f"{c.numerical:+.6e}"
+            )
+        return line
+
 
 def _json_default(x: Any) -> Any:
     if isinstance(x, np.generic):
@@ -521,5 +560,5 @@ class GradCheckError(AssertionError):
     """
 
     def __init__(self, report: GradCheckReport):
-        super().__init__("gradient check failed\n" + str(report))
+        super().__init__(f"{report.summary()}\n{report}")
         self.report = report
