@@ -129,7 +129,10 @@ def dropout(x: jax.Array, rate: ArrayLike, key: jax.Array | None) -> jax.Array:
         return x
     x = jnp.asarray(x)
     keep_prob = 1.0 - rate
-    keep = jax.random.bernoulli(key, keep_prob, x.shape)
+    # Uniforms drawn in float32 whatever the x64 setting, so that one key gives
+    # one mask in float32 training and in a float64 gradient check alike
+    # (jax.random.bernoulli would draw float64 bits under x64: another mask).
+    keep = jax.random.uniform(key, x.shape, jnp.float32) < keep_prob
     return jnp.where(keep, x / keep_prob, jnp.zeros((), x.dtype))
 
 
