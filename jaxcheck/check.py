@@ -592,7 +592,9 @@ def _unique(coords: pb.Probes) -> pb.Probes:
     return coords.take(np.sort(keep))
 
 
-def _judge_group(probes: pb.Probes, mask, tol: Tolerances, shape) -> vd.LeafJudgement:
+def _judge_group(
+    probes: pb.Probes, mask, tol: Tolerances, shape, directional=None
+) -> vd.LeafJudgement:
     return vd.judge_leaf(
         probes.analytic[mask],
         probes.numerical[mask],
@@ -600,6 +602,7 @@ def _judge_group(probes: pb.Probes, mask, tol: Tolerances, shape) -> vd.LeafJudg
         probes.status[mask],
         tol,
         shape,
+        None if directional is None else directional[mask],
     )
 
 
@@ -615,12 +618,15 @@ def _assemble(
 ) -> GradCheckReport:
     problem, engine = ctx.problem, ctx.engine
     both = pb.Probes.concat([coords, dirs])
+    is_direction = np.arange(len(both.leaf)) >= len(coords.leaf)
     leaves, verdicts = [], []
     for k, (leaf, tol) in enumerate(zip(problem.leaves, leaf_tols, strict=True)):
         mask = both.leaf == k
         n_coords = int(np.sum(coords.leaf == k))
         full = n_coords == leaf.size and not np.any(dirs.leaf == k)
-        j = _judge_group(both, mask, tol, leaf.real_shape if full else None)
+        j = _judge_group(
+            both, mask, tol, leaf.real_shape if full else None, is_direction
+        )
         verdicts.append(j.verdict)
         leaves.append(
             LeafReport(
@@ -652,7 +658,8 @@ def _assemble(
     allowed = max(
         nondet_tol, _REPEAT_ROUNDOFF * pb.unit_roundoff(engine.loss_dtype) * abs(loss)
     )
-    if spread > allowed:
+    deterministic = spread <= allowed
+    if not deterministic:
         notes.append(
             f"fn is not deterministic: evaluations at the same point differ by "
             f"{spread:.3g} (loss {loss:.6g}). Make randomness explicit (pass "
@@ -691,6 +698,7 @@ def _assemble(
         compile_seconds=engine.compile_seconds,
         loss=loss,
         nondeterminism=spread,
+        deterministic=deterministic,
         notes=tuple(notes),
         tolerances=tolerances_for(eval_dtype),
     )

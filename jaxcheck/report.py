@@ -107,6 +107,13 @@ MEANING = {
 }
 
 
+_RANDOM = (
+    "fn gives different values at the same point, so the finite differences "
+    "measure its randomness, not its slope; make the randomness depend on the "
+    "key (see the note) and check again."
+)
+
+
 def _index_str(index: tuple[int, ...], part: str | None) -> str:
     text = "[" + ", ".join(str(i) for i in index) + "]" if index else "[]"
     return f"{text}.{part}" if part else text
@@ -284,6 +291,10 @@ class GradCheckReport:
         loss: the loss at the checked point.
         nondeterminism: the largest difference between repeated evaluations of
             the loss at the same point (0 for a deterministic ``fn``).
+        deterministic: False when that difference is more than round-off (or
+            ``nondet_tol``) allows; the finite differences then measure the
+            randomness, and the verdict cannot be read as a statement about
+            the gradient.
         notes: remarks that qualify the verdict.
         tolerances: the thresholds the verdict used.
         parts: for checks of several things at once (forward and reverse
@@ -313,6 +324,7 @@ class GradCheckReport:
     notes: tuple[str, ...]
     tolerances: Tolerances
     parts: tuple[tuple[str, GradCheckReport], ...] = ()
+    deterministic: bool = True
 
     @property
     def checked(self) -> int:
@@ -345,6 +357,7 @@ class GradCheckReport:
             "compile_seconds": self.compile_seconds,
             "loss": self.loss,
             "nondeterminism": self.nondeterminism,
+            "deterministic": self.deterministic,
             "notes": list(self.notes),
             "tolerances": dataclasses.asdict(self.tolerances),
             "parts": [
@@ -547,7 +560,7 @@ def render(report: GradCheckReport, max_leaves: int = 40) -> str:
         "",
         f"  {step} · {r.evaluations:,} loss evaluations · {r.seconds:.2f} s "
         f"(compile {r.compile_seconds:.2f} s) · loss {r.loss:.6g}",
-        f"  {r.verdict.name}: {MEANING[r.verdict]}",
+        f"  {r.verdict.name}: {MEANING[r.verdict] if r.deterministic else _RANDOM}",
     ]
     return "\n".join(head + body + tail)
 

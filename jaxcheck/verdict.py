@@ -196,9 +196,14 @@ def judge_leaf(
     noise: np.ndarray,
     status: np.ndarray,
     tol: Tolerances,
-    shape: tuple[int, ...],
+    shape: tuple[int, ...] | None,
+    directional: np.ndarray | None = None,
 ) -> LeafJudgement:
-    """The verdict of one leaf from its coordinates' evidence."""
+    """The verdict of one leaf from the evidence of its probes.
+
+    ``directional`` marks the probes that are directions rather than single
+    coordinates, so that the note counts each kind by its own name.
+    """
     keep = status != KINK
     gk, ck = g[keep], numerical[keep]
     finite = np.isfinite(ck)
@@ -218,7 +223,7 @@ def judge_leaf(
         worst = max(err, float(np.max(rel)))
         verdict = Verdict.WRONG if worst > tol.wrong else Verdict.SUSPECT
         if not note:
-            note = f"{n_bad} of {len(g)} entries disagree"
+            note = _count_disagreeing(bad, directional)
     elif not finite.all():
         verdict = Verdict.UNRESOLVED
         note = f"the loss is not finite at θ±ε for {int(np.sum(~finite))} entries"
@@ -256,7 +261,15 @@ def describe(g: np.ndarray, c: np.ndarray, shape: tuple[int, ...] | None) -> str
         ct = c.reshape(shape).T.reshape(-1)
         if relative_error(ct, g) < 1e-3:
             return "transposed"
-    off = np.abs(g - c) > 1e-3 * (np.abs(g) + np.abs(c))
-    if 0 < off.sum() <= 3:
-        return f"{int(off.sum())} of {len(g)} entries disagree"
     return ""
+
+
+def _count_disagreeing(bad: np.ndarray, directional: np.ndarray | None) -> str:
+    """'k of n entries (and j of m directions) disagree', confirmed ones only."""
+    if directional is None:
+        directional = np.zeros(len(bad), bool)
+    parts = []
+    for mask, noun in ((~directional, "entries"), (directional, "directions")):
+        if mask.any():
+            parts.append(f"{int(np.sum(bad & mask))} of {int(np.sum(mask))} {noun}")
+    return " and ".join(parts) + " disagree"

@@ -61,6 +61,24 @@ def test_leaf_notes_describe_common_bugs():
     assert notes["scaled_five_percent"] == {"scaled by 1.05"}
 
 
+def test_the_note_counts_only_confirmed_disagreements():
+    """An entry whose gradient is round-off-sized is not counted as a bug."""
+
+    @jax.custom_vjp
+    def f(x):
+        return jnp.sin(x)
+
+    def backward(x, g):
+        return (g * jnp.where(x > 1.5, -jnp.cos(x), jnp.cos(x)),)
+
+    f.defvjp(lambda x: (jnp.sin(x), x), backward)
+    w = np.linspace(-1.0, 2.0, 7) - 1e-16  # the gradient at w[2] is about 0
+    report = jc.check_grads(lambda w: jnp.sum(f(w) ** 2), w)
+    (leaf,) = report.leaves
+    assert leaf.disagreeing == 1 and leaf.note == "1 of 7 entries disagree"
+    assert report.worst[0].index == (6,)
+
+
 def test_key_is_used_for_every_evaluation():
     case = zoo.mlp_dropout()
     seen = []

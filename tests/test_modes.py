@@ -68,6 +68,10 @@ def test_directional_without_localisation_still_fails(mlp):
     assert not report.passed
     assert report.worst == ()
     assert report.directions[0].status == "disagrees"
+    # No coordinate was checked, so the note counts directions, not entries.
+    (leaf,) = [leaf for leaf in report.leaves if not leaf.verdict.passed]
+    assert leaf.path == "[1]['w']" and leaf.checked == 0
+    assert leaf.note.endswith("directions disagree") and "entries" not in leaf.note
 
 
 def test_a_spread_out_bug_gives_examples_from_its_leaf(mlp):

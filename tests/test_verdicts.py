@@ -250,6 +250,9 @@ def test_nondeterminism_is_measured_and_fails_the_check():
     assert not report.passed
     assert 1e-5 < report.nondeterminism < 1e-2
     assert any("not deterministic" in n and "nondet_tol" in n for n in report.notes)
+    assert not report.deterministic and not report.to_dict()["deterministic"]
+    # The verdict line names the cause instead of guessing at a subtle bug.
+    assert "measure its randomness" in str(report).splitlines()[-1]
 
 
 def test_nondet_tol_accepts_a_known_amount_but_noise_still_limits_resolution():
