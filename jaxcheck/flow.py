@@ -285,7 +285,8 @@ def value_grad_and_taps(
     per call (or per compilation when jitted): once abstractly to list the tap
     names, once to differentiate. Tap statistics are computed in JAX's default
     float dtype: in float32, a signal norm below about 1e-19 reads as 0 and one
-    above about 1e19 as inf; enable float64 for extreme networks.
+    above about 1e19 as inf; enable float64 for extreme networks
+    (:func:`diagnose` does so for the statistics by itself).
 
     Args:
         fn: a function returning a scalar (``(scalar, aux)`` with
@@ -578,7 +579,12 @@ def _gradient_norms_and_taps(fn, params, args, key) -> tuple[GradientNorms, Taps
         run = jax.jit(functools.partial(_norms_and_taps, **static))
     else:
         run = functools.partial(_compiled, **static)
-    value, norms, taps = run(split.diff, split.arrays, key, args)
+    # Squared signal norms are accumulated in float64 (the model's own arrays
+    # keep their dtypes): in float32, a signal below about 1e-19 would square
+    # to zero and a vanishing network would read as exactly 0.
+    with jax.enable_x64(True):
+        value, norms, taps = run(split.diff, split.arrays, key, args)
+        taps = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), taps)
     norms = np.asarray(norms, dtype=np.float64).tolist()
     paths = split.paths
     leaves = {jax.tree_util.keystr(p): n for p, n in zip(paths, norms, strict=True)}

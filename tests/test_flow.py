@@ -352,6 +352,20 @@ def test_gradient_norms_do_not_underflow_in_float32():
     assert norms.leaves[""] == pytest.approx(1e-29, rel=1e-5)
 
 
+def test_tapped_signals_do_not_underflow_in_float32():
+    # ∂J/∂h has entries of 1e-30, representable in float32, but its squares
+    # are not: the tap statistics must not read it as zero.
+    def loss(w, x):
+        h = flow.tap(x * w, "h0")
+        return 1e-30 * jnp.sum(flow.tap(h, "h1"))
+
+    w, x = jnp.ones(100, jnp.float32), jnp.ones(100, jnp.float32)
+    report = flow.diagnose(loss, w, x)
+    assert report.signal["h0"] == pytest.approx(1e-29, rel=1e-5)
+    assert report.signal_ratio == pytest.approx(1.0, rel=1e-5)
+    assert not jax.config.jax_enable_x64 and w.dtype == jnp.float32
+
+
 def test_gradient_norms_without_float_leaves_is_a_clear_error():
     with pytest.raises(
         ValueError, match=r"no floating leaf to differentiate; .* types \['int'\]"
