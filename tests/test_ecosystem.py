@@ -1,31 +1,18 @@
 """Checks on Flax (nnx and linen) models, Equinox modules and optax losses."""
 
-import re
-from pathlib import Path
-
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
+from flax import linen, nnx
 
 import jaxcheck as jc
+from tests.readme import python_block
 
-eqx = pytest.importorskip("equinox")
-flax = pytest.importorskip("flax")
-optax = pytest.importorskip("optax")
-linen = pytest.importorskip("flax.linen")
-nnx = pytest.importorskip("flax.nnx")
-
-README = Path(__file__).resolve().parents[1] / "README.md"
 X = jnp.linspace(-1.0, 1.0, 16 * 4).reshape(16, 4)
 Y = jnp.arange(16) % 3
 WRONG_AT = (1, 2)
-
-
-def readme_block(heading: str) -> str:
-    """The first python code block under ``## heading`` in the README."""
-    text = README.read_text()
-    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
 @jax.custom_vjp
@@ -43,7 +30,7 @@ def xent(logits):
 
 def test_readme_example():
     namespace = {}
-    exec(readme_block("Flax, Equinox and optax"), namespace)
+    exec(python_block("Flax, Equinox and optax"), namespace)
     nnx_report = namespace["nnx_report"]
     assert nnx_report.passed
     assert [leaf.path for leaf in nnx_report.leaves] == [

@@ -3,15 +3,13 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 import jaxcheck as jc
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tests import readme
 
 WRONG_TESTS = """
 
@@ -43,14 +41,9 @@ def test_plain_assert():
 """
 
 
-def readme_section(heading: str) -> str:
-    text = README.read_text()
-    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-
-
 def test_readme_pattern_and_failure_output(tmp_path):
-    section = readme_section("In a test suite")
-    blocks = re.findall(r"```(\w*)\n(.*?)```", section, re.DOTALL)
+    text = readme.section("In a test suite")
+    blocks = re.findall(r"```(\w*)\n(.*?)```", text, re.DOTALL)
     example = next(code for lang, code in blocks if lang == "python")
     shown = next(code for lang, code in blocks if lang == "")
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
