@@ -1343,10 +1343,11 @@ class SeedExperiment:
         d = self.depth
         label_w = max([len(r.label) for r in self.results] + [6])
         seed_cols = [f"seed {s}" for s in self.seeds]
+        weight_col = f"‖∂J/∂W_1‖/‖∂J/∂W_{d}‖"
         header = (
             f"  {'scheme':<{label_w}}"
             + "".join(f"  {c:>9}" for c in seed_cols)
-            + f"  {'mean field':>10}  {'‖∂J/∂W_1‖/‖∂J/∂W_' + str(d) + '‖':>24}  verdict"
+            + f"  {'mean field':>10}  {weight_col:>24}  verdict"
         )
         lines = [
             f"Backpropagated signal through {d} layers "
