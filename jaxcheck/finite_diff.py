@@ -32,11 +32,12 @@ program, so the results are those of a single device.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -398,6 +399,49 @@ class _Progress:
             self.bar.close()
 
 
+class _Memo:
+    """Results already computed in one check, looked up by their inputs.
+
+    Keys are rows of a structured array kept sorted, so that a lookup is a
+    binary search and each point costs its key and outputs (about 24 bytes for
+    a coordinate) instead of the few hundred bytes of a Python dict entry: a
+    full check of ten million parameters evaluates twenty million points.
+    """
+
+    def __init__(self, key_dtype: np.dtype, width: int):
+        self._keys = np.empty(0, dtype=key_dtype)
+        self._outs = np.empty((0, width), dtype=np.float64)
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which ``keys`` are known, and their outputs (NaN where not)."""
+        outs = np.full((len(keys), self._outs.shape[1]), np.nan)
+        if not len(self._keys):
+            return np.zeros(len(keys), dtype=bool), outs
+        at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        found = self._keys[at] == keys
+        outs[found] = self._outs[at[found]]
+        return found, outs
+
+    def add(self, keys: np.ndarray, outs: np.ndarray) -> None:
+        keys = np.concatenate([self._keys, keys])
+        outs = np.concatenate([self._outs, outs])
+        order = np.argsort(keys, kind="stable")
+        self._keys, self._outs = keys[order], outs[order]
+
+
+_COORDINATE_KEY = np.dtype([("index", "<i8"), ("value", "<f8")])
+_DIRECTION_KEY = np.dtype(
+    [("lo", "<i8"), ("hi", "<i8"), ("seed", "<i8"), ("step", "<f8")]
+)
+
+
+def _keys(dtype: np.dtype, *columns: np.ndarray) -> np.ndarray:
+    keys = np.empty(len(columns[0]), dtype=dtype)
+    for name, column in zip(dtype.names, columns, strict=True):
+        keys[name] = column
+    return keys
+
+
 class Engine:
     """Batched, compiled evaluations of one problem's loss and gradient.
 
@@ -440,7 +484,9 @@ class Engine:
         self._eval_bytes = 0
         self._groups: list[_Group] | None = None
         self._whole: _Group | None = None
-        self._memo: dict[tuple[Any, ...], Any] = {}
+        self._memo = _Memo(_COORDINATE_KEY, 1)
+        self._outer: _Progress | None = None
+        self._memo_directions = _Memo(_DIRECTION_KEY, 4)
         n = len(problem.leaves)
         self._leaf_group = np.zeros(n, dtype=np.int64)
         self._leaf_start = np.zeros(n, dtype=np.int64)
@@ -639,7 +685,17 @@ class Engine:
         return slice(leaf.offset, leaf.offset + leaf.size)
 
     def _progress(self, total: int) -> _Progress:
-        return _Progress(total, self.progress)
+        return self._outer or _Progress(total, self.progress)
+
+    @contextlib.contextmanager
+    def progress_over(self, total: int) -> Iterator[None]:
+        """One progress bar for ``total`` evaluations made by several calls."""
+        self._outer = _Progress(total, self.progress)
+        try:
+            yield
+        finally:
+            self._outer.close()
+            self._outer = None
 
     def _locate(self, flat_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The group of each flat coordinate, and its position in the group."""
@@ -678,7 +734,8 @@ class Engine:
                 if n_out > len(results):
                     outs[-1][mine] = group.base
         finally:
-            progress.close()
+            if progress is not self._outer:
+                progress.close()
         return outs
 
     def evaluate(self, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -688,8 +745,9 @@ class Engine:
         """
         flat_index = np.asarray(flat_index, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)
-        keys = list(zip(flat_index.tolist(), values.tolist(), strict=True))
-        todo = np.array([k not in self._memo for k in keys], dtype=bool)
+        keys = _keys(_COORDINATE_KEY, flat_index, values)
+        known, table = self._memo.lookup(keys)
+        todo = ~known
         if todo.any():
             group_of, pos = self._locate(flat_index[todo])
             wanted = values[todo]
@@ -700,9 +758,9 @@ class Engine:
                 lambda g: [0, g.vector[0]],
                 1,
             )
-            for k, f in zip(np.flatnonzero(todo), fresh, strict=True):
-                self._memo[keys[k]] = float(f)
-        return np.array([self._memo[k] for k in keys], dtype=np.float64)
+            table[todo, 0] = fresh
+            self._memo.add(keys[todo], table[todo])
+        return table[:, 0]
 
     def evaluate_directions(
         self, lo: np.ndarray, hi: np.ndarray, seeds: np.ndarray, steps: np.ndarray
@@ -719,10 +777,9 @@ class Engine:
         lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
         seeds = np.asarray(seeds, np.int64)
         steps = np.asarray(steps, np.float64)
-        keys = list(
-            zip(lo.tolist(), hi.tolist(), seeds.tolist(), steps.tolist(), strict=True)
-        )
-        todo = np.array([k not in self._memo for k in keys], dtype=bool)
+        keys = _keys(_DIRECTION_KEY, lo, hi, seeds, steps)
+        known, table = self._memo_directions.lookup(keys)
+        todo = ~known
         if todo.any():
             group_of, a, b = self._locate_ranges(lo[todo], hi[todo])
             fresh = self._each_group(
@@ -732,10 +789,8 @@ class Engine:
                 lambda g: [0, 1, 0, 0.0],
                 4,
             )
-            for j, k in enumerate(np.flatnonzero(todo)):
-                self._memo[keys[k]] = tuple(float(out[j]) for out in fresh)
-        table = np.array([self._memo[k] for k in keys], dtype=np.float64)
-        table = table.reshape(len(keys), 4)
+            table[todo] = np.stack(fresh, axis=1)
+            self._memo_directions.add(keys[todo], table[todo])
         return tuple(table[:, i] for i in range(4))
 
     def jvp_coordinates(self, flat_index: np.ndarray) -> np.ndarray:

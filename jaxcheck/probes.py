@@ -198,9 +198,28 @@ def _judge(first, second_fn, analytic, rtol, leaves, ctx) -> tuple[Any, ...]:
     return status, numerical, noise
 
 
+COORDINATE_BLOCK = 1 << 18
+"""Coordinates probed per pass: bounds the host memory of a full check.
+
+Each pass holds a few arrays over its ±h points; what is kept between passes
+is one probe record per coordinate. The compiled functions and their batch
+sizes do not depend on the block, so blocks cost no compilation.
+"""
+
+
 def check_coordinates(ctx: Context, idx: np.ndarray) -> Probes:
     """Coordinate probes: ``gᵢ`` against centered differences, for ``idx``."""
     idx = np.asarray(idx, dtype=np.int64)
+    if len(idx) <= COORDINATE_BLOCK:
+        return _check_block(ctx, idx)
+    blocks = range(0, len(idx), COORDINATE_BLOCK)
+    with ctx.engine.progress_over(2 * len(idx)):
+        return Probes.concat(
+            [_check_block(ctx, idx[i : i + COORDINATE_BLOCK]) for i in blocks]
+        )
+
+
+def _check_block(ctx: Context, idx: np.ndarray) -> Probes:
     first = _coordinate_evidence(ctx, idx, 1.0)
 
     def second(again):

@@ -238,6 +238,32 @@ def test_a_tight_budget_gives_the_same_verdict(mlp):
     assert tight.worst[0].index == roomy.worst[0].index == (3, 4)
 
 
+def test_coordinates_in_blocks_give_the_same_report(mlp, monkeypatch):
+    """A full check is probed in blocks of coordinates to bound host memory."""
+    from jaxcheck import finite_diff, probes
+
+    bad = _one_entry_bug(mlp, layer=1, index=(3, 4))
+    whole = jc.check_grads(bad, mlp.params, *mlp.args, mode="full")
+    bars = []
+
+    class Progress(finite_diff._Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(finite_diff, "_Progress", Progress)
+    monkeypatch.setattr(probes, "COORDINATE_BLOCK", 97)
+    blocked = jc.check_grads(bad, mlp.params, *mlp.args, mode="full", progress=False)
+    assert blocked.verdict is whole.verdict is jc.Verdict.WRONG
+    assert blocked.worst[0].index == whole.worst[0].index == (3, 4)
+    assert blocked.checked == whole.checked == mlp.size
+    assert blocked.relative_error == pytest.approx(whole.relative_error, rel=1e-9)
+    for a, b in zip(blocked.leaves, whole.leaves, strict=True):
+        assert (a.path, a.verdict, a.disagreeing) == (b.path, b.verdict, b.disagreeing)
+    # One progress bar over every block, not one per block.
+    assert len(bars) == 1 and bars[0].total == 2 * mlp.size
+
+
 def test_progress_bar_only_when_asked(capfd, mlp):
     jc.check_grads(mlp.fn, mlp.params, *mlp.args, progress=False)
     assert "jaxcheck" not in capfd.readouterr().err
