@@ -423,10 +423,13 @@ class _Memo:
         return found, outs
 
     def add(self, keys: np.ndarray, outs: np.ndarray) -> None:
-        keys = np.concatenate([self._keys, keys])
-        outs = np.concatenate([self._outs, outs])
+        # Sort only the new rows and insert them: a full check adds a block at
+        # a time, and re-sorting everything known for each would grow as n².
         order = np.argsort(keys, kind="stable")
-        self._keys, self._outs = keys[order], outs[order]
+        keys, outs = keys[order], outs[order]
+        at = np.searchsorted(self._keys, keys)
+        self._keys = np.insert(self._keys, at, keys)
+        self._outs = np.insert(self._outs, at, outs, axis=0)
 
 
 _COORDINATE_KEY = np.dtype([("index", "<i8"), ("value", "<f8")])
